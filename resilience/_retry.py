@@ -1,0 +1,310 @@
+"""The Retry layer: backoff with jitter, server hints, deadline, idempotency, budget.
+
+It sits above the breaker and AuthRefresh; it acts only on RETRY verdicts (and, if
+asked, on an open breaker that will half-open in time) and passes every other
+outcome up unchanged. Backoff maths is a pure function of the retry number, so it
+is testable without any I/O.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from typing import Any, Protocol, runtime_checkable
+
+import attrs
+import httpx
+
+from . import _validate as v
+from ._events import RetryScheduled
+from ._pipeline import Call, CallNext, Outcome, PipelineEnv
+from ._verdict import Action
+from .errors import CircuitOpenError, ConfigurationError
+
+__all__ = ["Backoff", "ExponentialBackoff", "Retry", "RetryBudget"]
+
+logger = logging.getLogger("resilience")
+
+JITTER_MODES = ("none", "full", "equal", "decorrelated", "proportional")
+
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+IDEMPOTENCY_HEADERS = ("idempotency-key", "x-idempotency-key")
+
+#: Server hints are honoured up to at least this long, whatever the backoff cap.
+MIN_HINT_CAP = 60.0
+
+
+@runtime_checkable
+class Backoff(Protocol):
+    """Chooses the wait before a retry."""
+
+    max_delay: float
+
+    def delay(self, retry: int, previous: float | None = None) -> float:
+        """Seconds to wait before retry number ``retry`` (0 for the first retry).
+
+        ``previous`` is the wait chosen before the previous retry (``None`` first).
+        """
+        ...
+
+
+@attrs.frozen(kw_only=True)
+class ExponentialBackoff:
+    """``initial * multiplier ** retry``, capped at ``max_delay``, with jitter.
+
+    Jitter modes (the AWS Architecture Blog formulas, plus Tellus's):
+
+    * ``"none"``: exactly the capped exponential.
+    * ``"full"``: uniform in ``[0, capped]``.
+    * ``"equal"``: ``capped / 2`` plus uniform in ``[0, capped / 2]``.
+    * ``"decorrelated"``: uniform in ``[initial, previous * 3]``, capped.
+    * ``"proportional"``: ``capped`` plus uniform in ``[0, jitter_ratio * capped]``
+      (the wait may then exceed ``max_delay`` by that ratio, as Tellus prescribes).
+    """
+
+    initial: float = attrs.field(default=1.0, validator=v.number(minimum=0))
+    """The first retry's base delay, in seconds."""
+    multiplier: float = attrs.field(default=2.0, validator=v.number(minimum=1))
+    """Growth per retry."""
+    max_delay: float = attrs.field(default=30.0, validator=v.number(minimum=0))
+    """Cap on the base delay, in seconds."""
+    jitter: str = attrs.field(default="full", validator=v.one_of(JITTER_MODES))
+    """One of ``none``, ``full``, ``equal``, ``decorrelated``, ``proportional``."""
+    jitter_ratio: float = attrs.field(default=0.3, validator=v.number(minimum=0, maximum=1))
+    """For ``proportional`` jitter: the largest extra, as a fraction of the delay."""
+    rng: random.Random = attrs.field(
+        factory=random.Random,
+        eq=False,
+        repr=False,
+        validator=v.instance_of(random.Random),
+    )
+    """Randomness; pass ``random.Random(seed)`` for reproducible delays."""
+
+    def __attrs_post_init__(self) -> None:
+        if self.max_delay < self.initial:
+            raise ConfigurationError(
+                f"ExponentialBackoff: max_delay ({self.max_delay}) must be >= initial "
+                f"({self.initial})"
+            )
+
+    def base(self, retry: int) -> float:
+        """The capped exponential delay before jitter."""
+        try:
+            raw = self.initial * self.multiplier ** max(retry, 0)
+        except OverflowError:
+            return self.max_delay
+        return min(raw, self.max_delay) if math.isfinite(raw) else self.max_delay
+
+    def delay(self, retry: int, previous: float | None = None) -> float:
+        jitter = self.jitter
+        if jitter == "decorrelated":
+            low = self.initial
+            high = max(low, (previous if previous is not None else low) * 3)
+            return min(self.max_delay, self.rng.uniform(low, high))
+        capped = self.base(retry)
+        if jitter == "none":
+            return capped
+        if jitter == "full":
+            return self.rng.uniform(0.0, capped)
+        if jitter == "equal":
+            return capped / 2 + self.rng.uniform(0.0, capped / 2)
+        return capped + self.rng.uniform(0.0, self.jitter_ratio * capped)
+
+
+@attrs.frozen(kw_only=True)
+class RetryBudget:
+    """A token bucket that keeps retries to a fraction of the traffic.
+
+    Each logical call deposits ``ratio`` tokens; each retry withdraws one; the bucket
+    also refills ``min_per_second`` tokens a second, and starts with ``initial``
+    tokens, so a fresh pipeline (or a lone call) is never starved. When the bucket
+    is empty, the Retry layer returns the last outcome instead of retrying: during
+    an outage the attempts per call tend to ``1 + ratio``.
+    """
+
+    ratio: float = attrs.field(default=0.2, validator=v.number(minimum=0, maximum=1))
+    """Retries allowed per call, on average (0.2: retries add at most 20%)."""
+    min_per_second: float = attrs.field(default=1.0, validator=v.number(minimum=0))
+    """A floor of retries per second, whatever the traffic."""
+    initial: float = attrs.field(default=10.0, validator=v.number(minimum=0))
+    """Tokens in a fresh bucket."""
+    capacity: float | None = attrs.field(default=None, validator=v.number(minimum=1, optional=True))
+    """Most tokens the bucket holds (default: ``max(initial, 10)``)."""
+
+    def build(self, now: float) -> TokenBucket:
+        """A fresh bucket for one pipeline."""
+        capacity = self.capacity if self.capacity is not None else max(self.initial, 10.0)
+        return TokenBucket(self, capacity=capacity, tokens=min(self.initial, capacity), last=now)
+
+
+@attrs.define(eq=False, slots=True)
+class TokenBucket:
+    """The runtime state of a :class:`RetryBudget`, shared by one pipeline."""
+
+    config: RetryBudget
+    capacity: float
+    tokens: float
+    last: float
+
+    def deposit(self) -> None:
+        """One logical call started: it earns ``ratio`` of a retry."""
+        self.tokens = min(self.capacity, self.tokens + self.config.ratio)
+
+    def try_withdraw(self, now: float) -> bool:
+        """Take one retry's worth; ``False`` when the budget is spent."""
+        elapsed = now - self.last
+        self.last = now
+        if elapsed > 0 and self.config.min_per_second:
+            self.tokens = min(self.capacity, self.tokens + elapsed * self.config.min_per_second)
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+
+def _backoff_validator(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if not callable(getattr(value, "delay", None)) or not isinstance(
+        getattr(value, "max_delay", None), (int, float)
+    ):
+        raise ConfigurationError(
+            f"Retry: backoff must have delay() and max_delay, got {type(value).__name__}"
+        )
+
+
+def _methods(value: Any) -> frozenset[str]:
+    if isinstance(value, str):
+        raise ConfigurationError("Retry: idempotent_methods must be a collection of names")
+    return frozenset(str(m).upper() for m in value)
+
+
+@attrs.frozen(kw_only=True)
+class Retry:
+    """Retries attempts whose verdict is RETRY.
+
+    The wait is the larger of the backoff and the server's hint (``Retry-After`` or
+    a hint the classifier found), capped at :attr:`max_delay`. It never sleeps past
+    the call's deadline (``Timeout(total=...)``): when the next wait cannot fit it
+    gives up at once. It never replays a non-idempotent method unless the request
+    carries an ``Idempotency-Key`` (or ``X-Idempotency-Key``) header or
+    ``retry_non_idempotent`` is set, and never replays a body it cannot re-read.
+    Every discarded response is closed.
+    """
+
+    max_attempts: int = attrs.field(default=3, validator=v.number(minimum=1, integer=True))
+    """Attempts in all, the first included."""
+    backoff: Backoff = attrs.field(factory=ExponentialBackoff, validator=_backoff_validator)
+    """How long to wait before each retry."""
+    budget: RetryBudget | None = attrs.field(
+        factory=RetryBudget, validator=v.instance_of(RetryBudget, optional=True)
+    )
+    """The pipeline-wide retry budget; ``None`` turns it off."""
+    retry_non_idempotent: bool = False
+    """Replay POST and PATCH (and other non-idempotent methods) too."""
+    idempotent_methods: frozenset[str] = attrs.field(default=IDEMPOTENT_METHODS, converter=_methods)
+    """Methods replayed without an idempotency key."""
+    max_delay: float | None = attrs.field(
+        default=None, validator=v.number(minimum=0, optional=True)
+    )
+    """Cap on any single wait, server hints included (default: the larger of the
+    backoff's ``max_delay`` and 60 s, so a server's ``Retry-After`` is honoured)."""
+    wait_for_half_open: bool = False
+    """When the breaker below is open and will half-open before the deadline, wait
+    for it (as a retry) instead of failing at once."""
+
+    def bind(self, env: PipelineEnv) -> _RetryHandler:
+        bucket: TokenBucket | None = None
+        if self.budget is not None:
+            bucket = env.shared.get("retry_budget")
+            if bucket is None:
+                bucket = self.budget.build(env.clock.now())
+                env.shared["retry_budget"] = bucket
+        cap = self.max_delay
+        if cap is None:
+            cap = max(float(self.backoff.max_delay), MIN_HINT_CAP)
+        return _RetryHandler(self, env, bucket, cap)
+
+    def is_replayable(self, request: httpx.Request) -> str | None:
+        """Why ``request`` must not be replayed, or ``None`` when it may be."""
+        if not self.retry_non_idempotent and request.method not in self.idempotent_methods:
+            headers = request.headers
+            if not any(name in headers for name in IDEMPOTENCY_HEADERS):
+                return "not_idempotent"
+        if not isinstance(request.stream, httpx.ByteStream):
+            try:
+                request.content  # noqa: B018 - raises when the body was never read
+            except httpx.RequestNotRead:
+                return "body_not_replayable"
+        return None
+
+
+@attrs.define(eq=False, slots=True)
+class _RetryHandler:
+    config: Retry
+    env: PipelineEnv
+    bucket: TokenBucket | None
+    cap: float
+
+    async def __call__(self, request: httpx.Request, call: Call, call_next: CallNext) -> Outcome:
+        config = self.config
+        clock = self.env.clock
+        bucket = self.bucket
+        if bucket is not None:
+            bucket.deposit()
+        attempt = 1
+        previous: float | None = None
+        while True:
+            outcome = await call_next(request, call)
+            verdict = outcome.verdict
+            if verdict.action is Action.RETRY:
+                hint = verdict.retry_after
+            elif config.wait_for_half_open and isinstance(outcome.error, CircuitOpenError):
+                hint = outcome.error.retry_after
+            else:
+                return outcome
+            gave_up = None
+            if attempt >= config.max_attempts:
+                gave_up = "max_attempts"
+            else:
+                gave_up = config.is_replayable(request)
+            delay = 0.0
+            if gave_up is None:
+                delay = config.backoff.delay(attempt - 1, previous)
+                if hint is not None and hint > delay:
+                    delay = hint
+                delay = min(max(delay, 0.0), self.cap)
+                if call.deadline is not None and clock.now() + delay > call.deadline:
+                    gave_up = "deadline"
+                elif bucket is not None and not bucket.try_withdraw(clock.now()):
+                    gave_up = "budget"
+            if gave_up is not None:
+                if isinstance(outcome.error, CircuitOpenError):
+                    gave_up = "circuit_open"
+                call.report.gave_up = gave_up
+                return outcome
+            await outcome.aclose()
+            call.report.delays.append(delay)
+            self.env.emit(
+                RetryScheduled(
+                    method=request.method,
+                    host=request.url.host,
+                    attempt=attempt,
+                    delay=delay,
+                    verdict=verdict,
+                ),
+                call,
+            )
+            if logger.isEnabledFor(logging.DEBUG):
+                problem = verdict.problem
+                logger.debug(
+                    "resilience retry: %s %s attempt %d failed (%s), retrying in %.3fs%s",
+                    request.method,
+                    request.url.host,
+                    attempt,
+                    verdict.reason,
+                    delay,
+                    f" request_id={problem.request_id}" if problem and problem.request_id else "",
+                )
+            await clock.sleep(delay)
+            previous = delay
+            attempt += 1

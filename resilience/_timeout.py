@@ -1,0 +1,72 @@
+"""The Timeout layer: a deadline for the whole call, a limit for each attempt.
+
+``total=`` bounds everything below the layer, sleeps included: it sets the call's
+deadline on the pipeline's clock (so Retry never schedules a wait that cannot
+finish, even under a virtual clock) and enforces it in real time with an anyio
+cancel scope. ``attempt=`` bounds each attempt sent below the layer, wherever the
+layer sits. A timed-out attempt is classified (a timeout is RETRY); a call that
+runs out of total time ends as ``RetriesExhausted`` with ``report.gave_up ==
+"deadline"``.
+"""
+
+from __future__ import annotations
+
+import anyio
+import attrs
+import httpx
+
+from . import _validate as v
+from ._pipeline import Call, CallNext, Outcome, PipelineEnv
+from .errors import ConfigurationError
+
+__all__ = ["Timeout"]
+
+
+@attrs.frozen(kw_only=True)
+class Timeout:
+    """Deadlines, in seconds: ``total`` for the call, ``attempt`` for each attempt."""
+
+    total: float | None = attrs.field(
+        default=None, validator=v.number(minimum=0, exclusive_minimum=True, optional=True)
+    )
+    """Seconds the whole call (below this layer) may take, sleeps included."""
+    attempt: float | None = attrs.field(
+        default=None, validator=v.number(minimum=0, exclusive_minimum=True, optional=True)
+    )
+    """Seconds one attempt may take."""
+
+    def __attrs_post_init__(self) -> None:
+        if self.total is None and self.attempt is None:
+            raise ConfigurationError("Timeout: give total=, attempt=, or both")
+
+    def bind(self, env: PipelineEnv) -> _TimeoutHandler:
+        return _TimeoutHandler(self.total, self.attempt, env)
+
+
+@attrs.define(eq=False, slots=True)
+class _TimeoutHandler:
+    total: float | None
+    attempt: float | None
+    env: PipelineEnv
+
+    async def __call__(self, request: httpx.Request, call: Call, call_next: CallNext) -> Outcome:
+        saved_deadline = call.deadline
+        saved_attempt = call.attempt_timeout
+        if self.attempt is not None and (saved_attempt is None or self.attempt < saved_attempt):
+            call.attempt_timeout = self.attempt
+        try:
+            if self.total is None:
+                return await call_next(request, call)
+            deadline = self.env.clock.now() + self.total
+            if saved_deadline is None or deadline < saved_deadline:
+                call.deadline = deadline
+            with anyio.move_on_after(self.total):
+                return await call_next(request, call)
+            call.report.gave_up = "deadline"
+            error = httpx.TimeoutException(
+                f"call exceeded its total timeout of {self.total:g}s", request=request
+            )
+            return call.classify_unfinished(request, error)
+        finally:
+            call.deadline = saved_deadline
+            call.attempt_timeout = saved_attempt

@@ -1,0 +1,106 @@
+"""attrs validators that fail with a ConfigurationError naming the argument."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+
+from .errors import ConfigurationError
+
+Validator = Callable[[Any, "attrs.Attribute[Any]", Any], None]
+
+
+def _owner(instance: Any) -> str:
+    return type(instance).__name__
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def number(
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    exclusive_minimum: bool = False,
+    optional: bool = False,
+    integer: bool = False,
+) -> Validator:
+    """A finite number (or int) within bounds; ``None`` allowed when ``optional``."""
+
+    def check(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if value is None and optional:
+            return
+        kind = "an integer" if integer else "a number"
+        ok = (
+            (isinstance(value, int) and not isinstance(value, bool))
+            if integer
+            else _is_number(value)
+        )
+        if not ok or (isinstance(value, float) and not math.isfinite(value)):
+            raise ConfigurationError(
+                f"{_owner(instance)}: {attribute.name} must be {kind}"
+                f"{' or None' if optional else ''}, got {value!r}"
+            )
+        if minimum is not None:
+            if exclusive_minimum and not value > minimum:
+                raise ConfigurationError(
+                    f"{_owner(instance)}: {attribute.name} must be > {minimum}, got {value!r}"
+                )
+            if not exclusive_minimum and not value >= minimum:
+                raise ConfigurationError(
+                    f"{_owner(instance)}: {attribute.name} must be >= {minimum}, got {value!r}"
+                )
+        if maximum is not None and not value <= maximum:
+            raise ConfigurationError(
+                f"{_owner(instance)}: {attribute.name} must be <= {maximum}, got {value!r}"
+            )
+
+    return check
+
+
+def one_of(choices: tuple[str, ...]) -> Validator:
+    """One of a fixed set of names."""
+
+    def check(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if value not in choices:
+            raise ConfigurationError(
+                f"{_owner(instance)}: {attribute.name} must be one of "
+                f"{', '.join(repr(c) for c in choices)}; got {value!r}"
+            )
+
+    return check
+
+
+def instance_of(kind: type | tuple[type, ...], *, optional: bool = False) -> Validator:
+    """An instance of ``kind`` (or ``None`` when optional)."""
+
+    def check(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if value is None and optional:
+            return
+        if not isinstance(value, kind):
+            names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+            raise ConfigurationError(
+                f"{_owner(instance)}: {attribute.name} must be {names}"
+                f"{' or None' if optional else ''}, got {type(value).__name__}"
+            )
+
+    return check
+
+
+def has_method(name: str, *, optional: bool = False) -> Validator:
+    """An object with a callable ``name`` attribute."""
+
+    def check(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if value is None and optional:
+            return
+        if not callable(getattr(value, name, None)):
+            raise ConfigurationError(
+                f"{_owner(instance)}: {attribute.name} must have a {name}() method, "
+                f"got {type(value).__name__}"
+            )
+
+    return check

@@ -1,0 +1,137 @@
+"""The verdict vocabulary: what a classifier says about one attempt.
+
+Every attempt that reaches the network (or fails on the way) is classified exactly
+once into a :class:`Verdict`. The verdict travels back up through the layers with
+the response; each layer acts on the actions that concern it.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+__all__ = ["Action", "FieldError", "Problem", "Verdict"]
+
+
+class Action(enum.Enum):
+    """What should happen after an attempt."""
+
+    ACCEPT = "accept"
+    """Success: returned to the caller; a breaker records a success."""
+    RETRY = "retry"
+    """Transient: rate limited, server error, timeout, connection error."""
+    REFRESH_AUTH = "refresh_auth"
+    """Our credentials expired or were rejected: refresh once, replay once."""
+    SPLIT = "split"
+    """Partial success: some parts worked, some failed."""
+    FAIL = "fail"
+    """Permanent: retrying gives the same answer."""
+
+    def __repr__(self) -> str:
+        return f"Action.{self.name}"
+
+
+def _freeze_mapping(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise TypeError(f"details must be a mapping, got {type(value).__name__}")
+    return dict(value)
+
+
+@attrs.frozen(kw_only=True)
+class FieldError:
+    """One field-level error of a request, as a vendor reported it."""
+
+    pointer: str | None = None
+    """A JSON Pointer into the request body (RFC 9457 style), if given."""
+    field: str | None = None
+    """The parameter or field name, if given."""
+    detail: str | None = None
+    """The vendor's human-readable text for this field."""
+
+
+@attrs.frozen(kw_only=True)
+class Problem:
+    """A vendor's error, normalised.
+
+    ``code`` is the vendor's canonical machine-readable code as a string: Tellus's
+    numeric ``code``, Turris's ``errorType``, Derapi's ``type`` URI, or the HTTP
+    status for the generic classifier.
+    """
+
+    vendor: str
+    """The classifier's vendor name (``"http"`` for the generic classifier)."""
+    status: int | None = None
+    """The HTTP status, or ``None`` when no response arrived."""
+    code: str | None = None
+    """The canonical machine-readable code."""
+    title: str | None = None
+    """A short summary."""
+    detail: str | None = None
+    """The explanation of this occurrence, if the vendor gave one."""
+    request_id: str | None = None
+    """The vendor's request id (Turris's ``requestId``), for support tickets."""
+    errors: tuple[FieldError, ...] = attrs.field(default=(), converter=tuple)
+    """Field-level errors."""
+    details: Mapping[str, Any] = attrs.field(factory=dict, converter=_freeze_mapping)
+    """The vendor's raw details, as a mapping."""
+
+    def describe(self) -> str:
+        """One line naming vendor, status, code and request id (never a body)."""
+        parts = [self.vendor]
+        if self.status is not None:
+            parts.append(f"HTTP {self.status}")
+        if self.code is not None:
+            parts.append(f"code={self.code}")
+        if self.title:
+            parts.append(repr(_short(self.title)))
+        if self.request_id:
+            parts.append(f"request_id={self.request_id}")
+        return " ".join(parts)
+
+
+def _short(text: str, limit: int = 120) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _default_breaker_failure(verdict: Verdict) -> bool:
+    return verdict.action is Action.RETRY
+
+
+def _check_retry_after(_: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
+    if value is None:
+        return
+    if not isinstance(value, (int, float)) or value != value or value < 0:
+        raise ValueError(f"{attribute.name} must be a non-negative number or None, got {value!r}")
+
+
+@attrs.frozen
+class Verdict:
+    """The classification of one attempt."""
+
+    action: Action = attrs.field(validator=attrs.validators.instance_of(Action))
+    """What should happen next."""
+    problem: Problem | None = attrs.field(default=None, kw_only=True)
+    """The normalised error, when there was one."""
+    retry_after: float | None = attrs.field(
+        default=None, kw_only=True, validator=_check_retry_after
+    )
+    """Seconds the server asked us to wait, when it said."""
+    breaker_failure: bool = attrs.field(
+        default=attrs.Factory(_default_breaker_failure, takes_self=True), kw_only=True
+    )
+    """Whether a circuit breaker counts this attempt as a failure (default: RETRY)."""
+
+    @property
+    def reason(self) -> str:
+        """A short, bounded label for logs and metrics: the problem code or action."""
+        if self.problem is not None and self.problem.code is not None:
+            return self.problem.code
+        return self.action.value
+
+
+ACCEPT = Verdict(Action.ACCEPT)

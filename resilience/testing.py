@@ -1,0 +1,112 @@
+"""Public helpers for tests: a virtual clock, scripted transports, simulators.
+
+Nothing here sleeps for real: ``VirtualClock`` makes a retry scenario with
+30-second backoffs finish in milliseconds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import Any
+
+import attrs
+import httpx
+
+from ._clock import VirtualClock
+
+__all__ = ["ClosingStream", "ScriptedTransport", "VirtualClock", "reply"]
+
+Step = httpx.Response | BaseException | Callable[[httpx.Request], httpx.Response]
+
+
+class ClosingStream(httpx.AsyncByteStream):
+    """A response body that records whether it was closed (a stand-in connection)."""
+
+    def __init__(self, body: bytes = b"", chunks: int = 1) -> None:
+        self.body = body
+        self.chunks = max(chunks, 1)
+        self.closed = False
+        self.read = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        size = max(len(self.body) // self.chunks, 1)
+        for start in range(0, len(self.body), size):
+            yield self.body[start : start + size]
+        self.read = True
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+def reply(
+    status: int = 200,
+    *,
+    json: Any = None,
+    content: bytes | str | None = None,
+    headers: dict[str, str] | None = None,
+) -> httpx.Response:
+    """A response whose body stream records ``aclose`` (see :class:`ClosingStream`)."""
+    if json is not None:
+        built = httpx.Response(status, json=json, headers=headers)
+        body = built.content
+        merged = dict(built.headers)
+    else:
+        raw = content.encode() if isinstance(content, str) else (content or b"")
+        body = raw
+        merged = {"content-length": str(len(raw)), **(headers or {})}
+    return httpx.Response(status, headers=merged, stream=ClosingStream(body))
+
+
+@attrs.define(eq=False)
+class ScriptedTransport(httpx.AsyncBaseTransport):
+    """An inner transport that plays a script: responses, exceptions or callables.
+
+    Each request takes the next step (the last one repeats). Every request is kept
+    in :attr:`requests`; every response handed out in :attr:`responses`, so a test
+    can check they were all closed.
+    """
+
+    script: list[Step] = attrs.field(converter=list)
+    requests: list[httpx.Request] = attrs.field(factory=list, init=False)
+    responses: list[httpx.Response] = attrs.field(factory=list, init=False)
+    closed: bool = attrs.field(default=False, init=False)
+
+    @classmethod
+    def of(cls, *steps: Step) -> ScriptedTransport:
+        """A transport playing ``steps`` in order."""
+        return cls(list(steps))
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        index = min(len(self.requests), len(self.script) - 1)
+        self.requests.append(request)
+        step = self.script[index]
+        if isinstance(step, BaseException):
+            raise step
+        response = step(request) if callable(step) else _copy(step)
+        self.responses.append(response)
+        return response
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+    def unclosed(self) -> list[httpx.Response]:
+        """Responses whose body stream was never closed (a leaked connection)."""
+        return [
+            r
+            for r in self.responses
+            if isinstance(r.stream, ClosingStream) and not r.stream.closed
+        ]
+
+
+def _copy(response: httpx.Response) -> httpx.Response:
+    """A fresh copy of a scripted response (so a repeated step is a new stream)."""
+    stream = response.stream
+    body = stream.body if isinstance(stream, ClosingStream) else response.read()
+    return httpx.Response(
+        response.status_code, headers=response.headers, stream=ClosingStream(body)
+    )
+
+
+def requests_of(transport: ScriptedTransport) -> Iterable[str]:
+    """``"METHOD path"`` of every request the transport saw."""
+    return [f"{r.method} {r.url.path}" for r in transport.requests]
