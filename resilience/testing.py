@@ -92,9 +92,7 @@ class ScriptedTransport(httpx.AsyncBaseTransport):
     def unclosed(self) -> list[httpx.Response]:
         """Responses whose body stream was never closed (a leaked connection)."""
         return [
-            r
-            for r in self.responses
-            if isinstance(r.stream, ClosingStream) and not r.stream.closed
+            r for r in self.responses if isinstance(r.stream, ClosingStream) and not r.stream.closed
         ]
 
 
