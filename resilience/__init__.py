@@ -11,8 +11,16 @@ from __future__ import annotations
 import contextlib
 
 from . import errors
-from ._auth import AuthRefresh, OAuth2ClientCredentials, StaticToken, Token, TokenProvider
-from ._breaker import CircuitBreaker
+from ._auth import (
+    AuthRefresh,
+    OAuth2ClientCredentials,
+    StaticToken,
+    Token,
+    TokenFetchError,
+    TokenProvider,
+    token_from_response,
+)
+from ._breaker import Circuit, CircuitBreaker, CircuitRegistry, CircuitState
 from ._classifier import (
     Classifier,
     HttpClassifier,
@@ -28,10 +36,28 @@ from ._events import (
     TokenRefreshed,
 )
 from ._pipeline import Call, CallNext, Handler, Layer, Outcome, Pipeline, PipelineEnv
-from ._presets import standard_pipeline
+from ._plugin import (
+    CodeEntry,
+    CodeTable,
+    ParsedError,
+    TableClassifier,
+    VendorPlugin,
+    jwt_expires_in,
+    parse_json_object,
+    post_for_token,
+)
+from ._presets import PresetSettings, standard_pipeline
 from ._report import CallReport, PartialReport
 from ._retry import Backoff, ExponentialBackoff, Retry, RetryBudget
-from ._splitter import PartialFailureSplitter
+from ._secret import Secret
+from ._splitter import (
+    PartialFailureSplitter,
+    Split,
+    SplittingClassifier,
+    merge_json,
+    render_json,
+)
+from ._telemetry import RESEND_COUNT_EXTENSION, request_hook
 from ._timeout import Timeout
 from ._transport import ResilientTransport
 from ._verdict import Action, FieldError, Problem, Verdict
@@ -45,10 +71,15 @@ __all__ = [
     "Call",
     "CallNext",
     "CallReport",
+    "Circuit",
     "CircuitBreaker",
+    "CircuitRegistry",
+    "CircuitState",
     "CircuitStateChanged",
     "Classifier",
     "Clock",
+    "CodeEntry",
+    "CodeTable",
     "Event",
     "ExponentialBackoff",
     "FieldError",
@@ -57,27 +88,43 @@ __all__ = [
     "Layer",
     "OAuth2ClientCredentials",
     "Outcome",
+    "ParsedError",
     "PartialFailureReported",
     "PartialFailureSplitter",
     "PartialReport",
     "Pipeline",
     "PipelineEnv",
+    "PresetSettings",
     "Problem",
+    "RESEND_COUNT_EXTENSION",
     "ResilientTransport",
     "Retry",
     "RetryBudget",
     "RetryScheduled",
+    "Secret",
+    "Split",
+    "SplittingClassifier",
     "StaticToken",
     "SystemClock",
+    "TableClassifier",
     "Timeout",
     "Token",
+    "TokenFetchError",
     "TokenProvider",
     "TokenRefreshed",
+    "VendorPlugin",
     "Verdict",
     "available_classifiers",
     "errors",
+    "jwt_expires_in",
+    "merge_json",
+    "parse_json_object",
     "parse_retry_after",
+    "post_for_token",
+    "render_json",
+    "request_hook",
     "standard_pipeline",
+    "token_from_response",
 ]
 
 

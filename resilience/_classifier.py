@@ -8,6 +8,7 @@ entry-point group ``resilience.classifiers``.
 
 from __future__ import annotations
 
+import datetime
 import email.utils
 import logging
 import math
@@ -20,7 +21,7 @@ from typing import Any, Protocol, runtime_checkable
 import anyio
 import httpx
 
-from ._verdict import Action, Problem, Verdict
+from ._verdict import ACCEPT, Action, Problem, Verdict
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -57,7 +58,7 @@ class Classifier(Protocol):
     ) -> Verdict: ...
 
 
-_DIGITS = re.compile(r"\s*(\d{1,12})(?:\.\d+)?\s*")
+_DIGITS = re.compile(r"(\d+)(?:\.\d+)?", re.ASCII)
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
@@ -74,34 +75,36 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
         return None
     match = _DIGITS.fullmatch(text)
     if match is not None:
+        # A huge delay is still a request to back off: clamp it, do not ignore it.
         return min(float(match.group(1)), MAX_HINT_SECONDS)
-    if len(text) > 64:
-        return None
-    try:
-        when = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-    if when.tzinfo is None:
+    when = _parse_http_date(text)
+    if when is None:
         return None
     reference = time.time() if now is None else now
-    try:
-        delay = when.timestamp() - reference
-    except (OverflowError, OSError, ValueError):
-        return None
+    delay = when - reference
     if not math.isfinite(delay):
         return None
     return min(max(delay, 0.0), MAX_HINT_SECONDS)
 
 
+def _parse_http_date(text: str) -> float | None:
+    """The Unix time of an HTTP-date (any of RFC 9110's three forms), or ``None``."""
+    if len(text) > 64:
+        return None
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+        if when.tzinfo is None:
+            # asctime dates carry no zone (and "-0000" parses naive): HTTP-dates are GMT.
+            when = when.replace(tzinfo=datetime.timezone.utc)
+        return when.timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError, OSError):
+        return None
+
+
 def response_date(response: httpx.Response) -> float | None:
     """The Unix time of the response's ``Date`` header, when it is valid."""
     raw = response.headers.get("date")
-    if raw is None or len(raw) > 64:
-        return None
-    try:
-        return email.utils.parsedate_to_datetime(raw).timestamp()
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
+    return None if raw is None else _parse_http_date(raw.strip())
 
 
 def retry_after_of(response: httpx.Response) -> float | None:
@@ -136,10 +139,17 @@ def _safe_str(error: BaseException) -> str:
     return text[:200] if text else type(error).__name__
 
 
+#: Transport errors that describe our own request, not the network: no retry helps.
+NEVER_RETRY_ERRORS: tuple[type[BaseException], ...] = (
+    httpx.UnsupportedProtocol,
+    httpx.LocalProtocolError,
+)
+
+
 def classify_error(vendor: str, error: BaseException) -> Verdict:
     """Transport failures (connect, read, timeouts) are transient; others are not."""
     problem = error_problem(vendor, error)
-    if isinstance(error, RETRY_ERRORS):
+    if isinstance(error, RETRY_ERRORS) and not isinstance(error, NEVER_RETRY_ERRORS):
         return Verdict(Action.RETRY, problem=problem)
     return Verdict(Action.FAIL, problem=problem)
 
@@ -148,11 +158,10 @@ def classify_status(vendor: str, response: httpx.Response, **fields: Any) -> Ver
     """The generic reading of a status code, with ``Retry-After`` honoured."""
     status = response.status_code
     if status < 400:
-        return (
-            Verdict(Action.ACCEPT)
-            if not fields
-            else Verdict(Action.ACCEPT, problem=Problem(vendor=vendor, status=status, **fields))
-        )
+        if not fields:
+            # The shared frozen verdict: building one costs ~0.6 µs on every success.
+            return ACCEPT
+        return Verdict(Action.ACCEPT, problem=Problem(vendor=vendor, status=status, **fields))
     fields.setdefault("code", str(status))
     fields.setdefault("title", response.reason_phrase or None)
     problem = Problem(vendor=vendor, status=status, **fields)
@@ -271,7 +280,10 @@ def resolve_classifier(spec: str | Classifier) -> Classifier:
     if isinstance(spec, str):
         plugin = load_plugin(spec)
         classifier = getattr(plugin, "classifier", plugin)
-        if callable(classifier) and not hasattr(classifier, "classify"):
+        # A class (whose classify is an unbound function) or a factory: build it.
+        if isinstance(classifier, type) or (
+            callable(classifier) and not hasattr(classifier, "classify")
+        ):
             classifier = classifier()
     else:
         classifier = spec

@@ -19,7 +19,7 @@ import attrs
 import httpx
 
 from . import errors
-from ._classifier import HTTP_CLASSIFIER, Classifier, resolve_classifier
+from ._classifier import HTTP_CLASSIFIER, Classifier, classify_error, resolve_classifier
 from ._clock import SYSTEM_CLOCK, Clock
 from ._events import Event
 from ._report import CallReport
@@ -166,17 +166,26 @@ class Call:
         return verdict
 
     def classify_unfinished(self, request: httpx.Request, error: BaseException) -> Outcome:
-        """Classify an attempt that was cut short (a timeout) if nobody did yet."""
+        """Classify an attempt that was cut short (a timeout) if nobody did yet.
+
+        When every attempt already has its verdict (the time ran out during a
+        backoff sleep), the classifier is not asked again: each attempt is
+        classified exactly once, and the generic reading of ``error`` is used.
+        """
         report = self.report
         if len(report.verdicts) < report.attempts:
             verdict = self.classify(request, None, error)
         else:
-            verdict = self.env.classifier.classify(request, None, error)
+            verdict = classify_error(self.env.vendor, error)
         return Outcome(request, verdict, error=error)
 
 
 async def aclose_quietly(response: httpx.Response) -> None:
     """Close a response, shielded from cancellation, ignoring transport errors."""
+    if isinstance(response.stream, httpx.ByteStream):
+        # A buffered body: closing it never waits, so no (costly) shielded scope.
+        await response.aclose()
+        return
     with anyio.CancelScope(shield=True):
         try:
             await response.aclose()
@@ -208,7 +217,7 @@ async def buffer_response(response: httpx.Response, request: httpx.Request) -> h
         request=request,
         extensions=response.extensions,
     )
-    await view.aread()
+    view.read()  # in memory: the sync read decodes without async-generator overhead
     return view
 
 
@@ -290,10 +299,12 @@ class Pipeline:
         """Run one logical call through the layers; return the response or raise."""
         call = Call(self.env, inner, request)
         instrument = self.env.instrument
-        if instrument is None:
-            outcome = await self._chain(request, call)
-            return await self._finish(call, outcome)
-        return await instrument.run_call(call, self._run)  # type: ignore[no-any-return]
+        # records() is a cheap check: with no OpenTelemetry SDK nothing records,
+        # and the call takes the same path as with telemetry off.
+        if instrument is not None and instrument.records():
+            return await instrument.run_call(call, self._run)  # type: ignore[no-any-return]
+        outcome = await self._chain(request, call)
+        return await self._finish(call, outcome)
 
     async def _run(self, call: Call) -> httpx.Response:
         outcome = await self._chain(call.request, call)
@@ -302,9 +313,8 @@ class Pipeline:
     async def _send(self, request: httpx.Request, call: Call) -> Outcome:
         """The innermost step: one attempt over the network, classified once."""
         call.report.attempts += 1
-        instrument = self.env.instrument
-        if instrument is not None:
-            return await instrument.run_attempt(call, request, self._attempt)  # type: ignore[no-any-return]
+        if call.trace is not None:  # set by the instrumentation when it records
+            return await self.env.instrument.run_attempt(call, request, self._attempt)  # type: ignore[no-any-return]
         return await self._attempt(request, call)
 
     async def _attempt(self, request: httpx.Request, call: Call) -> Outcome:
@@ -344,6 +354,8 @@ class Pipeline:
             return response
         error = outcome.error
         if isinstance(error, errors.ResilienceError):
+            if response is not None and response is not error.response:
+                await outcome.aclose()  # the error does not hand it on: release it
             error.report = report
             if error._request is None:
                 error._request = call.request

@@ -2,40 +2,172 @@
 
 The ``"http"`` preset is the core's own; every other name is looked up among the
 installed plugins (entry-point group ``resilience.classifiers``), whose plugin
-object carries a ``preset`` callable.
+object carries a ``preset`` callable. Plugins describe their recommendation as a
+:class:`PresetSettings` value and let it apply the user's overrides and build the
+pipeline, so every preset accepts the same override names.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from typing import Any
 
+import attrs
+
+from . import _validate as v
 from ._auth import AuthRefresh, TokenProvider
 from ._breaker import CircuitBreaker
-from ._classifier import load_plugin
+from ._classifier import Classifier, load_plugin
 from ._clock import Clock
 from ._pipeline import Pipeline
-from ._retry import ExponentialBackoff, Retry
+from ._retry import ExponentialBackoff, Retry, RetryBudget
 from ._timeout import Timeout
+from .errors import ConfigurationError
 
-__all__ = ["standard_pipeline"]
+__all__ = ["PresetSettings", "standard_pipeline"]
+
+#: Overrides passed straight to :class:`Pipeline`.
+PIPELINE_KEYWORDS = frozenset(
+    {"raise_on_failure", "hooks", "telemetry", "tracer_provider", "meter_provider"}
+)
+
+
+def _optional_methods(value: Iterable[str] | None) -> frozenset[str] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        raise ConfigurationError("idempotent_methods must be a collection of method names")
+    return frozenset(m.upper() for m in value)
+
+
+@attrs.frozen(kw_only=True)
+class PresetSettings:
+    """A preset's recommendation: the settings of each layer, as one value.
+
+    Every field is also an override name of :func:`standard_pipeline`; a field set
+    to ``None`` drops its layer (``breaker=None``, ``attempt_timeout=None``).
+    The layers, outermost first: ``Timeout(total=)``, the splitter (if any),
+    ``Retry``, ``CircuitBreaker``, ``AuthRefresh`` (when ``auth`` is given),
+    ``Timeout(attempt=)``.
+    """
+
+    total_timeout: float | None = attrs.field(
+        default=60.0, validator=v.number(minimum=0, exclusive_minimum=True, optional=True)
+    )
+    """Seconds the whole call may take, sleeps included."""
+    attempt_timeout: float | None = attrs.field(
+        default=10.0, validator=v.number(minimum=0, exclusive_minimum=True, optional=True)
+    )
+    """Seconds one attempt may take."""
+    max_attempts: int = attrs.field(default=3, validator=v.number(minimum=1, integer=True))
+    """Attempts in all, the first included."""
+    backoff: Any = attrs.field(factory=ExponentialBackoff)
+    """The wait before each retry (a :class:`~resilience.Backoff`)."""
+    retry_max_delay: float | None = attrs.field(
+        default=None, validator=v.number(minimum=0, optional=True)
+    )
+    """Cap on any single wait, server hints included (default: Retry's own)."""
+    idempotent_methods: frozenset[str] | None = attrs.field(
+        default=None, converter=_optional_methods
+    )
+    """Methods replayed without an idempotency key (default: Retry's own)."""
+    retry_non_idempotent: bool = False
+    """Replay every method, idempotency key or not."""
+    budget: RetryBudget | None = attrs.field(factory=RetryBudget)
+    """The retry budget (``None`` turns it off)."""
+    retry: Retry | None = None
+    """A complete ``Retry`` layer replacing the one built from the fields above."""
+    breaker: Any = attrs.field(factory=CircuitBreaker)
+    """The circuit breaker layer (``None``: no breaker)."""
+    auth_skew: float | None = attrs.field(
+        default=None, validator=v.number(minimum=0, optional=True)
+    )
+    """Seconds before expiry a token is refreshed (default: AuthRefresh's own)."""
+    splitter: Any = None
+    """A partial-failure splitter layer, placed just inside the total timeout."""
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> tuple[PresetSettings, dict[str, Any]]:
+        """These settings with ``overrides`` applied, and the ``Pipeline`` keywords.
+
+        Raises :class:`~resilience.errors.ConfigurationError` naming any unknown
+        override and the accepted ones.
+        """
+        fields = set(attrs.fields_dict(PresetSettings))
+        unknown = sorted(set(overrides) - fields - PIPELINE_KEYWORDS)
+        if unknown:
+            accepted = ", ".join(sorted(fields | PIPELINE_KEYWORDS))
+            raise ConfigurationError(
+                f"unknown preset override(s) {', '.join(unknown)}; accepted: {accepted}"
+            )
+        mine = {k: val for k, val in overrides.items() if k in fields}
+        rest = {k: val for k, val in overrides.items() if k in PIPELINE_KEYWORDS}
+        return attrs.evolve(self, **mine), rest
+
+    def retry_layer(self) -> Retry:
+        """The ``Retry`` layer these settings describe."""
+        if self.retry is not None:
+            return self.retry
+        options: dict[str, Any] = {
+            "max_attempts": self.max_attempts,
+            "backoff": self.backoff,
+            "budget": self.budget,
+            "retry_non_idempotent": self.retry_non_idempotent,
+            "max_delay": self.retry_max_delay,
+        }
+        if self.idempotent_methods is not None:
+            options["idempotent_methods"] = self.idempotent_methods
+        return Retry(**options)
+
+    def auth_layer(self, auth: Any) -> Any:
+        """The auth layer for ``auth``: a token provider, or a ready layer as is."""
+        if callable(getattr(auth, "bind", None)):
+            return auth
+        options: dict[str, Any] = {}
+        if self.auth_skew is not None:
+            options["skew"] = self.auth_skew
+        return AuthRefresh(auth, **options)
+
+    def build(
+        self,
+        classifier: str | Classifier,
+        *,
+        auth: TokenProvider | Any | None = None,
+        clock: Clock | None = None,
+        **overrides: Any,
+    ) -> Pipeline:
+        """The pipeline: these settings, then ``overrides``, on ``classifier``."""
+        settings, pipeline_options = self.with_overrides(overrides)
+        layers: list[Any] = []
+        if settings.total_timeout is not None:
+            layers.append(Timeout(total=settings.total_timeout))
+        if settings.splitter is not None:
+            layers.append(settings.splitter)
+        layers.append(settings.retry_layer())
+        if settings.breaker is not None:
+            layers.append(settings.breaker)
+        if auth is not None:
+            layers.append(settings.auth_layer(auth))
+        if settings.attempt_timeout is not None:
+            layers.append(Timeout(attempt=settings.attempt_timeout))
+        return Pipeline(layers, classifier=classifier, clock=clock, **pipeline_options)
+
+
+HTTP_PRESET = PresetSettings(
+    total_timeout=60.0,
+    attempt_timeout=10.0,
+    max_attempts=3,
+    backoff=ExponentialBackoff(initial=1.0, multiplier=2.0, max_delay=30.0, jitter="full"),
+    breaker=CircuitBreaker(failure_ratio=0.5, minimum_calls=20, window=30.0, break_duration=30.0),
+)
+"""The generic recommendation: 3 attempts with full-jitter backoff, a breaker that
+needs 20 calls before it judges, 60 s per call and 10 s per attempt."""
 
 
 def http_preset(
     *, auth: TokenProvider | None = None, clock: Clock | None = None, **overrides: Any
 ) -> Pipeline:
-    """The generic preset: total and per-attempt timeouts, retries, a breaker, auth."""
-    layers: list[Any] = [
-        Timeout(total=overrides.pop("total_timeout", 60.0)),
-        Retry(
-            max_attempts=overrides.pop("max_attempts", 3),
-            backoff=overrides.pop("backoff", ExponentialBackoff()),
-        ),
-        overrides.pop("breaker", CircuitBreaker()),
-    ]
-    if auth is not None:
-        layers.append(AuthRefresh(auth))
-    layers.append(Timeout(attempt=overrides.pop("attempt_timeout", 10.0)))
-    return Pipeline(layers, classifier="http", clock=clock, **overrides)
+    """The generic preset (see :data:`HTTP_PRESET`) on the ``"http"`` classifier."""
+    return HTTP_PRESET.build("http", auth=auth, clock=clock, **overrides)
 
 
 def standard_pipeline(
@@ -47,9 +179,11 @@ def standard_pipeline(
         vendor: a classifier name: ``"http"`` or an installed plugin's name.
         auth: the token provider (e.g. the plugin's own token flow).
         clock: the clock (``VirtualClock()`` in tests).
-        **overrides: preset-specific settings (``max_attempts``, ``total_timeout``,
-            ``attempt_timeout``, ``breaker``, ...) and ``Pipeline`` keywords
-            (``hooks``, ``raise_on_failure``, ``tracer_provider``, ...).
+        **overrides: preset settings (``max_attempts``, ``backoff``, ``total_timeout``,
+            ``attempt_timeout``, ``breaker``, ``budget``, ``retry``, ``auth_skew``,
+            ...; see :class:`PresetSettings`) and ``Pipeline`` keywords (``hooks``,
+            ``raise_on_failure``, ``telemetry``, ``tracer_provider``,
+            ``meter_provider``).
     """
     if vendor == "http":
         return http_preset(auth=auth, clock=clock, **overrides)

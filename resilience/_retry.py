@@ -90,11 +90,14 @@ class ExponentialBackoff:
 
     def base(self, retry: int) -> float:
         """The capped exponential delay before jitter."""
+        if self.initial == 0:
+            return 0.0
         try:
-            raw = self.initial * self.multiplier ** max(retry, 0)
+            # Floats: integer arguments would build a huge int that isfinite() rejects.
+            raw = float(self.initial) * float(self.multiplier) ** max(retry, 0)
         except OverflowError:
-            return self.max_delay
-        return min(raw, self.max_delay) if math.isfinite(raw) else self.max_delay
+            return float(self.max_delay)
+        return min(raw, float(self.max_delay)) if math.isfinite(raw) else float(self.max_delay)
 
     def delay(self, retry: int, previous: float | None = None) -> float:
         jitter = self.jitter
@@ -258,7 +261,12 @@ class _RetryHandler:
             verdict = outcome.verdict
             if verdict.action is Action.RETRY:
                 hint = verdict.retry_after
-            elif config.wait_for_half_open and isinstance(outcome.error, CircuitOpenError):
+            elif (
+                config.wait_for_half_open
+                and isinstance(outcome.error, CircuitOpenError)
+                # An isolated breaker (retry_after infinite) never half-opens.
+                and math.isfinite(outcome.error.retry_after)
+            ):
                 hint = outcome.error.retry_after
             else:
                 return outcome
@@ -282,6 +290,9 @@ class _RetryHandler:
                     gave_up = "circuit_open"
                 call.report.gave_up = gave_up
                 return outcome
+            # Retrying after all: what gave up below (a Timeout(total=...) inside
+            # this layer) no longer describes the call.
+            call.report.gave_up = None
             await outcome.aclose()
             call.report.delays.append(delay)
             self.env.emit(

@@ -69,11 +69,25 @@ class ResilienceError(httpx.HTTPError):
         self.problem = problem
         self.report = report if report is not None else CallReport()
 
-    def __reduce__(self) -> Any:  # pragma: no cover - pickling support only
-        return (_rebuild, (type(self), self.args, self.__dict__))
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # A subclass of an error that wraps responses (a vendor's own PermanentError,
+        # say) needs its own twin, or it would not be an HTTPStatusError.
+        inherited = getattr(cls, "_with_response", None)
+        if inherited is not None and not issubclass(cls, httpx.HTTPStatusError):
+            _status_variant(cls)
+
+    def __reduce__(self) -> Any:
+        # A twin is not reachable by name: pickle the public class and pick the twin
+        # again on the way back.
+        cls = type(self).__dict__.get("_twin_of", type(self))
+        return (_rebuild, (cls, self.args, self.__dict__))
 
 
 def _rebuild(cls: type[ResilienceError], args: tuple[Any, ...], state: dict[str, Any]) -> Any:
+    variant = cls.__dict__.get("_with_response")
+    if variant is not None and state.get("response") is not None:
+        cls = variant
     err = Exception.__new__(cls, *args)
     err.__dict__.update(state)
     return err
@@ -88,7 +102,12 @@ def _status_variant(cls: type[ResilienceError]) -> type[ResilienceError]:
     variant = type(
         cls.__name__,
         (cls, httpx.HTTPStatusError),
-        {"__module__": cls.__module__, "__qualname__": cls.__qualname__, "__doc__": cls.__doc__},
+        {
+            "__module__": cls.__module__,
+            "__qualname__": cls.__qualname__,
+            "__doc__": cls.__doc__,
+            "_twin_of": cls,
+        },
     )
     cls._with_response = variant
     return cls

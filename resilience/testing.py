@@ -13,8 +13,43 @@ import attrs
 import httpx
 
 from ._clock import VirtualClock
+from ._conformance import PluginConformance
+from ._simulator import (
+    Fault,
+    FaultPlan,
+    LimitState,
+    Outage,
+    RateLimit,
+    Received,
+    SimRequest,
+    SimResponse,
+    Simulator,
+    Slowness,
+    TokenCheck,
+    route,
+    serve,
+)
 
-__all__ = ["ClosingStream", "ScriptedTransport", "VirtualClock", "reply"]
+__all__ = [
+    "ClosingStream",
+    "Fault",
+    "FaultPlan",
+    "LimitState",
+    "Outage",
+    "PluginConformance",
+    "RateLimit",
+    "Received",
+    "ScriptedTransport",
+    "SimRequest",
+    "SimResponse",
+    "Simulator",
+    "Slowness",
+    "TokenCheck",
+    "VirtualClock",
+    "reply",
+    "route",
+    "serve",
+]
 
 Step = httpx.Response | BaseException | Callable[[httpx.Request], httpx.Response]
 
@@ -57,6 +92,13 @@ def reply(
     return httpx.Response(status, headers=merged, stream=ClosingStream(body))
 
 
+def _steps(steps: Iterable[Step]) -> list[Step]:
+    script = list(steps)
+    if not script:
+        raise ValueError("ScriptedTransport needs at least one step")
+    return script
+
+
 @attrs.define(eq=False)
 class ScriptedTransport(httpx.AsyncBaseTransport):
     """An inner transport that plays a script: responses, exceptions or callables.
@@ -66,7 +108,7 @@ class ScriptedTransport(httpx.AsyncBaseTransport):
     can check they were all closed.
     """
 
-    script: list[Step] = attrs.field(converter=list)
+    script: list[Step] = attrs.field(converter=_steps)
     requests: list[httpx.Request] = attrs.field(factory=list, init=False)
     responses: list[httpx.Response] = attrs.field(factory=list, init=False)
     closed: bool = attrs.field(default=False, init=False)

@@ -26,6 +26,9 @@ async def test_retry_then_success() -> None:
     assert report.attempts == 2
     assert report.delays == [1.0]
     assert clock.sleeps == [1.0]
-    assert [v.action for v in report.verdicts] == [resilience.Action.RETRY, resilience.Action.ACCEPT]
+    assert [v.action for v in report.verdicts] == [
+        resilience.Action.RETRY,
+        resilience.Action.ACCEPT,
+    ]
     assert inner.unclosed() == []
     r.elapsed  # noqa: B018 - the response is a normal, closed httpx response

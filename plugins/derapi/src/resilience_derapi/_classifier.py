@@ -1,0 +1,524 @@
+"""The Derapi classifier: RFC 9457 problem details, partial-success lists, splitting.
+
+Derapi answers errors with problem details (``application/problem+json``, or plain
+``application/json``): ``type`` (a URI, the canonical code), ``title``, ``detail``
+and, for validation errors, ``errors[{detail, pointer}]``. Its list endpoints
+(``/sites``, ``/batteries``, ``/solar-inverters``) answer ``200`` even when some
+vendor backends failed, naming them in an ``errors`` object: that is a ``SPLIT``,
+and this classifier also implements the splitting protocol
+(:mod:`resilience._splitter`) so the :class:`~resilience.PartialFailureSplitter`
+can re-ask a failed backend alone through the ``vendor`` filter.
+
+Where it sits: the pipeline's innermost step asks it about every attempt, once.
+It never raises: any surprise falls back to the HTTP status.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+import httpx
+
+from resilience import (
+    Action,
+    CodeEntry,
+    CodeTable,
+    FieldError,
+    Problem,
+    Split,
+    Verdict,
+    parse_json_object,
+    render_json,
+)
+from resilience._classifier import classify_error, classify_status, retry_after_of
+
+__all__ = [
+    "BACKEND_ERROR_NAMES",
+    "DERAPI_CODES",
+    "IDEMPOTENT_METHODS",
+    "TYPE_PREFIX",
+    "DerapiClassifier",
+    "backend_verdict",
+    "type_uri",
+]
+
+logger = logging.getLogger("resilience")
+
+VENDOR = "derapi"
+
+TYPE_PREFIX = "https://docs.derapi.com/reference/errors#"
+"""Derapi's type URIs are this prefix plus the error's kebab-case slug."""
+
+
+def type_uri(slug: str) -> str:
+    """The full type URI of a Derapi error slug (``"not-found"`` -> ``"https://…#not-found"``)."""
+    return TYPE_PREFIX + slug
+
+
+VALIDATION_ERROR = type_uri("validation-error")
+VCM_NOT_CONFIGURED = type_uri("vcm-not-configured")
+UNAUTHORIZED = type_uri("unauthorized")
+NOT_FOUND = type_uri("not-found")
+EXISTS = type_uri("exists")
+DERAPI_INTERNAL_ERROR = type_uri("derapi-internal-error")
+BACKEND_DATA_ASSERTION_ERROR = type_uri("backend-data-assertion-error")
+BACKEND_SERVER_ERROR = type_uri("backend-server-error")
+NETWORK_TIMEOUT = type_uri("network-timeout")
+TOO_MANY_REQUESTS = type_uri("too-many-requests")
+
+DERAPI_CODES = CodeTable(
+    {
+        # The caller's request is wrong: the same request gets the same answer.
+        VALIDATION_ERROR: CodeEntry(Action.FAIL, 400, title="Invalid request"),
+        # Account set-up, not a transient state: "contact support".
+        VCM_NOT_CONFIGURED: CodeEntry(
+            Action.FAIL, 400, title="VCM Not Configured", also=(403, 424)
+        ),
+        # A vendor backend rejected the *vendor* credentials stored at Derapi: never
+        # retried, and never a refresh of our own token, whatever the status.
+        UNAUTHORIZED: CodeEntry(Action.FAIL, 401, title="Unauthorized", also=(403,)),
+        NOT_FOUND: CodeEntry(Action.FAIL, 404, title="Not Found"),
+        EXISTS: CodeEntry(Action.FAIL, 409, title="Exists"),
+        # Retried a few times for idempotent requests only (see DerapiClassifier).
+        DERAPI_INTERNAL_ERROR: CodeEntry(Action.RETRY, 500, title="Derapi Internal Error"),
+        # The backend sent data Derapi cannot read: asking again reads the same data.
+        BACKEND_DATA_ASSERTION_ERROR: CodeEntry(
+            Action.FAIL, 502, title="Backend Data Assertion Error"
+        ),
+        BACKEND_SERVER_ERROR: CodeEntry(Action.RETRY, 502, title="Backend Server Error"),
+        NETWORK_TIMEOUT: CodeEntry(Action.RETRY, 504, title="Network Timeout"),
+        TOO_MANY_REQUESTS: CodeEntry(Action.RETRY, 429, title="Too Many Requests"),
+    }
+)
+"""Every documented Derapi error type (full URI) and its action."""
+
+BACKEND_ERROR_NAMES: Mapping[str, str] = {
+    "unauthorized": UNAUTHORIZED,
+    "vcm not configured": VCM_NOT_CONFIGURED,
+    "not found": NOT_FOUND,
+    "exists": EXISTS,
+    "validation error": VALIDATION_ERROR,
+    "invalid request": VALIDATION_ERROR,
+    "derapi internal error": DERAPI_INTERNAL_ERROR,
+    "backend data assertion error": BACKEND_DATA_ASSERTION_ERROR,
+    "backend server error": BACKEND_SERVER_ERROR,
+    "network timeout": NETWORK_TIMEOUT,
+    "timeout": NETWORK_TIMEOUT,
+    "too many requests": TOO_MANY_REQUESTS,
+}
+"""Leading error names of the strings in a list's ``errors`` object, to types.
+
+Matched case-insensitively, with ``-`` and ``_`` read as spaces, at the start of
+the string and followed by its end or a non-alphanumeric character
+(``"Unauthorized: https://…"``, ``"Network Timeout after 30s"``). Nothing after
+the name is ever read. A string with no known name is RETRY (see
+:func:`backend_verdict`)."""
+
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+"""Methods a Derapi Internal Error may be retried for (besides requests that carry
+an ``Idempotency-Key``)."""
+
+#: Where the classifier counts the Derapi Internal Errors a request has seen.
+INTERNAL_ERRORS_EXTENSION = "resilience.derapi.internal_errors"
+
+#: Backend keys the splitter may put in a ``vendor`` filter (the SDK's Vendor enum
+#: is lower-case words; anything else in an ``errors`` object is not narrowed).
+_VENDOR_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
+#: Most backends read from one ``errors`` object (a garbage body may hold more).
+_MAX_BACKENDS = 100
+_MAX_TEXT = 500
+_STANDARD_MEMBERS = frozenset({"type", "title", "detail", "errors"})
+_SEPARATORS = re.compile(r"[\s_\-]+")
+_NAMES_LONGEST_FIRST = tuple(sorted(BACKEND_ERROR_NAMES, key=len, reverse=True))
+_TYPE_BASES = frozenset(
+    {
+        "https://docs.derapi.com/reference/errors",
+        "http://docs.derapi.com/reference/errors",
+        "https://docs.derapi.com/reference/errors/",
+        "",
+    }
+)
+
+
+def _cut(text: str, limit: int = _MAX_TEXT) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def canonical_type(value: str | None) -> str | None:
+    """The table's URI for a problem ``type``, tolerating spelling variants.
+
+    The exact URI first; then the same fragment under ``http://``, with a
+    trailing slash, or as a bare ``#slug`` reference. ``None`` for anything else.
+    """
+    if value is None:
+        return None
+    if value in DERAPI_CODES:
+        return value
+    base, hash_mark, slug = value.strip().rpartition("#")
+    if not hash_mark or base not in _TYPE_BASES:
+        return None
+    candidate = type_uri(slug.strip().lower())
+    return candidate if candidate in DERAPI_CODES else None
+
+
+def _leading_type(text: str) -> str | None:
+    """The type URI named at the start of a backend error string, if any."""
+    head = _SEPARATORS.sub(" ", text[:80].strip().lower())
+    for name in _NAMES_LONGEST_FIRST:
+        if head.startswith(name) and (len(head) == len(name) or not head[len(name)].isalnum()):
+            return BACKEND_ERROR_NAMES[name]
+    return None
+
+
+def backend_verdict(backend: str, message: Any) -> Verdict:
+    """The verdict of one failed backend of a partial-success list.
+
+    The action comes from the leading error name of ``message`` (see
+    :data:`BACKEND_ERROR_NAMES`): ``Unauthorized`` (the backend rejected the
+    vendor credentials), ``VCM Not Configured``, ``Not Found``, ``Exists``,
+    ``Invalid request`` and ``Backend Data Assertion Error`` are FAIL;
+    ``Timeout``/``Network Timeout``, ``Too Many Requests``, ``Backend Server
+    Error`` and ``Derapi Internal Error`` (a list read is idempotent) are RETRY.
+
+    A message with no known name is RETRY: a re-request of one backend costs one
+    narrowed request per round, bounded by the splitter's rounds, the retry budget
+    and the backend's own breaker, while a wrong FAIL would drop data a second
+    try would have delivered. Derapi documents the permanent backend failures
+    (``Unauthorized``) by name, so those are never re-asked.
+    """
+    text = _cut(message.strip()) if isinstance(message, str) and message.strip() else None
+    code = _leading_type(text) if text is not None else None
+    entry = DERAPI_CODES.get(code) if code is not None else None
+    if entry is not None:
+        action = entry.action
+        title = entry.title
+    else:
+        action = Action.RETRY
+        title = None
+        if text is not None:
+            name, colon, _ = text.partition(":")
+            if colon and 0 < len(name) <= 60 and "/" not in name:
+                title = name.strip()
+    problem = Problem(
+        vendor=VENDOR, code=code, title=title, detail=text, details={"backend": backend}
+    )
+    return Verdict(action, problem=problem)
+
+
+def _field_errors(value: Any) -> tuple[FieldError, ...]:
+    if not isinstance(value, list):
+        return ()
+    found: list[FieldError] = []
+    for item in value[:50]:
+        if not isinstance(item, dict):
+            continue
+        pointer = item.get("pointer")
+        detail = item.get("detail")
+        pointer = _cut(pointer, 200) if isinstance(pointer, str) else None
+        detail = _cut(detail) if isinstance(detail, str) else None
+        if pointer is None and detail is None:
+            continue
+        found.append(FieldError(pointer=pointer, field=_field_of(pointer), detail=detail))
+    return tuple(found)
+
+
+def _field_of(pointer: str | None) -> str | None:
+    """The last reference token of a JSON Pointer (``"#/duration"`` -> ``"duration"``)."""
+    if not pointer:
+        return None
+    path = pointer[1:] if pointer.startswith("#") else pointer
+    if not path.startswith("/"):
+        return None
+    token = path.rsplit("/", 1)[-1]
+    return token.replace("~1", "/").replace("~0", "~") or None
+
+
+@attrs.frozen(kw_only=True)
+class _ProblemBody:
+    type: str | None
+    title: str | None
+    detail: str | None
+    errors: tuple[FieldError, ...]
+    extensions: dict[str, Any]
+
+
+def _problem_body(body: dict[str, Any] | None) -> _ProblemBody | None:
+    """The problem-details members of a body (RFC 9457: wrong types are ignored)."""
+    if body is None:
+        return None
+
+    def text(key: str, limit: int = _MAX_TEXT) -> str | None:
+        value = body.get(key)
+        return _cut(value.strip(), limit) if isinstance(value, str) and value.strip() else None
+
+    return _ProblemBody(
+        type=text("type", 200),
+        title=text("title"),
+        detail=text("detail"),
+        errors=_field_errors(body.get("errors")),
+        extensions={k: v for k, v in body.items() if k not in _STANDARD_MEMBERS},
+    )
+
+
+def _says_token_expired(body: dict[str, Any] | None) -> bool:
+    """A gateway body about our own bearer token (``{"message": "Token expired"}``)."""
+    if body is None:
+        return False
+    for key in ("message", "error", "error_description", "title", "detail"):
+        value = body.get(key)
+        if isinstance(value, str):
+            lowered = value[:200].lower()
+            if "expired" in lowered and "token" in lowered:
+                return True
+            if lowered.strip() == "invalid_token":
+                return True
+    return False
+
+
+def _is_idempotent(request: httpx.Request) -> bool:
+    if request.method.upper() in IDEMPOTENT_METHODS:
+        return True
+    headers = request.headers
+    return "idempotency-key" in headers or "x-idempotency-key" in headers
+
+
+class DerapiClassifier:
+    """Reads Derapi's answers; also splits, narrows and renders partial lists.
+
+    Actions, by problem ``type`` (the full URI is ``Problem.code``):
+
+    * ``validation-error``, ``vcm-not-configured``, ``unauthorized`` (a vendor
+      backend rejected the vendor credentials, at 401 or 403), ``not-found``,
+      ``exists``, ``backend-data-assertion-error``: FAIL;
+    * ``backend-server-error``, ``network-timeout``, ``too-many-requests``
+      (``Retry-After`` honoured): RETRY;
+    * ``derapi-internal-error``: RETRY for idempotent requests (GET, HEAD,
+      OPTIONS, PUT, DELETE, TRACE, or an ``Idempotency-Key``), at most
+      :attr:`internal_error_retries` times per request, then FAIL; FAIL at once
+      otherwise. The count lives in the request's extensions (the Retry and
+      AuthRefresh layers replay the same request object, or a copy sharing its
+      extensions), so it holds however many attempts ``Retry`` allows. It is a
+      breaker failure either way: it is Derapi's fault, not the caller's.
+
+    A 401 that is not an ``unauthorized`` problem (no body, a gateway's
+    ``{"message": "Unauthorized"}``, any body that is no Derapi problem) is about
+    our own bearer token: REFRESH_AUTH. So is a 401 or 403 whose body says the
+    token expired, or whose ``WWW-Authenticate`` says ``invalid_token``. Unknown
+    types and other bodies fall back to the status (``classify_status``).
+
+    A 2xx JSON object whose ``errors`` member is a non-empty object is a SPLIT
+    (a partial-success list); an empty or missing ``errors`` is ACCEPT.
+    """
+
+    vendor = VENDOR
+    """The vendor name on every :class:`~resilience.Problem`."""
+    needs_body = True
+    """Success bodies are read: a 200 may be a partial success."""
+    codes = DERAPI_CODES
+    """The type table."""
+
+    def __init__(self, *, internal_error_retries: int = 2) -> None:
+        if (
+            not isinstance(internal_error_retries, int)
+            or isinstance(internal_error_retries, bool)
+            or internal_error_retries < 0
+        ):
+            raise ValueError("internal_error_retries must be an integer >= 0")
+        self.internal_error_retries = internal_error_retries
+
+    def __repr__(self) -> str:
+        return f"DerapiClassifier(internal_error_retries={self.internal_error_retries})"
+
+    # -- classification ---------------------------------------------------------------
+
+    def classify(
+        self,
+        request: httpx.Request,
+        response: httpx.Response | None,
+        error: BaseException | None,
+    ) -> Verdict:
+        """The verdict of one attempt; never raises."""
+        try:
+            if response is None:
+                return classify_error(VENDOR, error if error is not None else Exception())
+            return self._classify_response(request, response)
+        except Exception as exc:
+            logger.warning(
+                "resilience classifier 'derapi' failed (%s: %s); using the status-code reading",
+                type(exc).__name__,
+                exc,
+            )
+            try:
+                if response is not None:
+                    return classify_status(VENDOR, response)
+                return classify_error(VENDOR, error if error is not None else Exception())
+            except Exception:  # pragma: no cover - a broken response object
+                return Verdict(Action.RETRY, problem=Problem(vendor=VENDOR))
+
+    def _classify_response(self, request: httpx.Request, response: httpx.Response) -> Verdict:
+        status = response.status_code
+        body = parse_json_object(response)
+        if status < 400:
+            failed = body.get("errors") if body is not None and 200 <= status < 300 else None
+            if isinstance(failed, dict) and failed:
+                names = [name for name in list(failed)[:_MAX_BACKENDS] if isinstance(name, str)]
+                problem = Problem(
+                    vendor=VENDOR,
+                    status=status,
+                    code="partial-success",
+                    title=f"{len(failed)} backend(s) failed",
+                    details={"backends": names},
+                )
+                # Derapi itself answered: the host's breaker counts a success.
+                return Verdict(Action.SPLIT, problem=problem, breaker_failure=False)
+            return classify_status(VENDOR, response)
+        parsed = _problem_body(body)
+        request_id = response.headers.get("x-request-id") or None
+        code = canonical_type(parsed.type) if parsed is not None else None
+        entry = DERAPI_CODES.get(code) if code is not None else None
+        if parsed is not None and entry is not None and code is not None:
+            known: dict[str, Any] = {
+                "title": parsed.title or entry.title,
+                "detail": parsed.detail,
+                "request_id": request_id,
+                "errors": parsed.errors,
+                "details": parsed.extensions,
+            }
+            problem = Problem(vendor=VENDOR, status=status, code=code, **known)
+            if code == DERAPI_INTERNAL_ERROR:
+                return self._internal_error(request, response, problem)
+            hint = retry_after_of(response) if entry.action is Action.RETRY else None
+            return Verdict(entry.action, problem=problem, retry_after=hint)
+        fields: dict[str, Any] = {}
+        if request_id is not None:
+            fields["request_id"] = request_id
+        if parsed is not None:
+            if parsed.type is not None and parsed.type != "about:blank":
+                fields["code"] = parsed.type
+            if parsed.title is not None:
+                fields["title"] = parsed.title
+            if parsed.detail is not None:
+                fields["detail"] = parsed.detail
+            if parsed.errors:
+                fields["errors"] = parsed.errors
+        if status in (401, 403) and self._own_token_rejected(status, body, response):
+            fields.setdefault("code", str(status))
+            fields.setdefault("title", response.reason_phrase or None)
+            problem = Problem(vendor=VENDOR, status=status, **fields)
+            return Verdict(Action.REFRESH_AUTH, problem=problem)
+        return classify_status(VENDOR, response, **fields)
+
+    def _own_token_rejected(
+        self, status: int, body: dict[str, Any] | None, response: httpx.Response
+    ) -> bool:
+        """Whether a 401/403 that is no Derapi problem is about our bearer token."""
+        challenge = response.headers.get("www-authenticate", "")[:500].lower()
+        if "invalid_token" in challenge or _says_token_expired(body):
+            return True
+        # Derapi's own gateway answers a missing or expired bearer with a bare 401
+        # (or {"message": "Unauthorized"}); a bare 403 is a permission problem.
+        return status == 401
+
+    def _internal_error(
+        self, request: httpx.Request, response: httpx.Response, problem: Problem
+    ) -> Verdict:
+        action = Action.FAIL
+        if _is_idempotent(request):
+            seen = request.extensions.get(INTERNAL_ERRORS_EXTENSION)
+            seen = (seen if isinstance(seen, int) else 0) + 1
+            with contextlib.suppress(TypeError):  # a read-only extensions mapping
+                request.extensions[INTERNAL_ERRORS_EXTENSION] = seen
+            if seen <= self.internal_error_retries:
+                action = Action.RETRY
+        hint = retry_after_of(response) if action is Action.RETRY else None
+        # Derapi's own failure: it counts against the breaker even when not retried.
+        return Verdict(action, problem=problem, retry_after=hint, breaker_failure=True)
+
+    # -- the splitting protocol -------------------------------------------------------
+
+    def split(
+        self, request: httpx.Request, response: httpx.Response, verdict: Verdict
+    ) -> Split | None:
+        """Split a partial-success list: the items that came back, the failed backends.
+
+        The payload is the body with an empty ``errors`` object; ``succeeded``
+        holds the ``vendor`` of the items returned (and the ``vendor`` filter of a
+        narrowed request that came back clean).
+        """
+        body = parse_json_object(response)
+        if body is None:
+            return None
+        failures: dict[str, Verdict] = {}
+        errors = body.get("errors")
+        if isinstance(errors, dict):
+            for backend, message in list(errors.items())[:_MAX_BACKENDS]:
+                if isinstance(backend, str) and backend.strip():
+                    failures[backend] = backend_verdict(backend, message)
+        succeeded: set[str] = set()
+        for value in body.values():
+            if isinstance(value, list):
+                for item in value[:10_000]:
+                    if isinstance(item, dict) and isinstance(item.get("vendor"), str):
+                        succeeded.add(item["vendor"])
+        asked = request.url.params.get("vendor")
+        if asked:
+            succeeded.add(asked)
+        payload = dict(body)
+        payload["errors"] = {}
+        return Split(
+            payload=payload,
+            failures=failures,
+            succeeded=frozenset(succeeded - set(failures)),
+        )
+
+    def narrow(self, request: httpx.Request, parts: tuple[str, ...]) -> httpx.Request | None:
+        """The same list request for one backend (``vendor=<part>``), or ``None``.
+
+        Derapi's ``vendor`` filter takes one vendor, so only single parts narrow;
+        every other query parameter (``pageToken`` above all) is kept, so a page is
+        completed from the same page.
+        """
+        if len(parts) != 1 or request.method.upper() not in ("GET", "HEAD"):
+            return None
+        part = parts[0]
+        if not _VENDOR_KEY.fullmatch(part):
+            return None
+        extensions = {k: v for k, v in request.extensions.items() if k != INTERNAL_ERRORS_EXTENSION}
+        return httpx.Request(
+            request.method,
+            request.url.copy_set_param("vendor", part),
+            headers=httpx.Headers(request.headers),
+            extensions=extensions,
+        )
+
+    def render(
+        self,
+        request: httpx.Request,
+        response: httpx.Response,
+        payload: Any,
+        failures: Mapping[str, Verdict],
+    ) -> httpx.Response:
+        """The merged list, with ``errors`` naming only the backends that still failed.
+
+        A backend's entry is Derapi's own message for it (or, for a backend skipped
+        because its breaker is open, what the breaker said), so code that reads
+        ``errors`` keeps working unchanged.
+        """
+        if isinstance(payload, dict):
+            payload = dict(payload)
+            payload["errors"] = {part: _message(verdict) for part, verdict in failures.items()}
+        return render_json(request, response, payload)
+
+
+def _message(verdict: Verdict) -> str:
+    problem = verdict.problem
+    if problem is not None and problem.detail:
+        return problem.detail
+    if problem is not None and problem.title:
+        return problem.title
+    return verdict.reason

@@ -1,0 +1,78 @@
+"""The Derapi token flow: plain OAuth2 client credentials against ``/oauth2/token``.
+
+Derapi's token endpoint is RFC 6749 client credentials: a form body
+(``grant_type=client_credentials``), the client id and secret in HTTP Basic, and a
+JSON answer ``{access_token, token_type, expires_in}``. The core's
+:class:`~resilience.OAuth2ClientCredentials` does exactly that; this module only
+builds the URL and names Derapi in its errors. ``AuthRefresh`` caches the token
+and refreshes it (before ``expires_in`` runs out, and once on a 401 about it).
+"""
+
+from __future__ import annotations
+
+import attrs
+import httpx
+
+from resilience import Clock, OAuth2ClientCredentials, Token, TokenFetchError
+
+__all__ = ["DEFAULT_BASE_URL", "TOKEN_PATH", "DerapiClientCredentials", "token_provider"]
+
+DEFAULT_BASE_URL = "https://api.derapi.com"
+"""Derapi's production API."""
+
+TOKEN_PATH = "/oauth2/token"
+"""The token endpoint, relative to the API's base URL."""
+
+
+@attrs.frozen
+class DerapiClientCredentials(OAuth2ClientCredentials):
+    """:class:`~resilience.OAuth2ClientCredentials` whose errors say ``derapi``.
+
+    The flow is the core's, unchanged; a refused or unreadable answer raises a
+    :class:`~resilience.TokenFetchError` whose message and problem name the vendor
+    (never the secret), so a log line says which API refused the credentials.
+    """
+
+    async def fetch(self, http: httpx.AsyncClient) -> Token:
+        """Ask Derapi's token endpoint for a new token."""
+        try:
+            return await super().fetch(http)
+        except TokenFetchError as exc:
+            problem = exc.problem
+            if problem is not None:
+                problem = attrs.evolve(problem, vendor="derapi")
+            raise TokenFetchError(
+                f"derapi {exc}",
+                transient=exc.transient,
+                retry_after=exc.retry_after,
+                request=getattr(exc, "_request", None),
+                problem=problem,
+            ) from None
+
+
+def token_provider(
+    *,
+    client_id: str,
+    client_secret: str,
+    base_url: str = DEFAULT_BASE_URL,
+    token_url: str | None = None,
+    scope: str | None = None,
+    clock: Clock | None = None,
+) -> DerapiClientCredentials:
+    """The Derapi token provider.
+
+    Args:
+        client_id: the Derapi client id.
+        client_secret: its secret (kept hidden from reprs, logs and errors).
+        base_url: the API's base URL; the token URL is ``base_url`` + ``/oauth2/token``.
+        token_url: the full token URL, when it is elsewhere.
+        scope: scopes to ask for (Derapi documents none).
+        clock: stamps the token's ``obtained_at``.
+
+    Example::
+
+        auth = resilience_derapi.token_provider(client_id="…", client_secret="…")
+        pipeline = resilience.standard_pipeline("derapi", auth=auth)
+    """
+    url = token_url if token_url is not None else base_url.rstrip("/") + TOKEN_PATH
+    return DerapiClientCredentials(url, client_id, client_secret, scope, clock=clock)

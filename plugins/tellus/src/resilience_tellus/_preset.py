@@ -1,0 +1,50 @@
+"""The Tellus preset: what the Tellus error and rate-limit guides recommend.
+
+* at most 5 attempts, waits ``min(1 s * 2^n, 30 s)`` plus up to 30% jitter
+  (the guide's own retry loop);
+* ``details.retry_after_seconds`` honoured up to 60 s (Tellus's rate-limit
+  windows are a minute long);
+* refresh the token when less than 60 s is left (the authentication guide's
+  sample), and once on 2001/2002; a second rejection is an AuthenticationError;
+* a circuit breaker that needs 20 calls before it judges, so one caller's
+  retries cannot trip it;
+* 15 s per attempt, 120 s per call (room for one full rate-limit window).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from resilience import (
+    CircuitBreaker,
+    Clock,
+    ExponentialBackoff,
+    Pipeline,
+    PresetSettings,
+    TokenProvider,
+)
+
+from ._classifier import TellusClassifier
+
+__all__ = ["TELLUS_PRESET", "preset"]
+
+TELLUS_PRESET = PresetSettings(
+    total_timeout=120.0,
+    attempt_timeout=15.0,
+    max_attempts=5,
+    backoff=ExponentialBackoff(
+        initial=1.0, multiplier=2.0, max_delay=30.0, jitter="proportional", jitter_ratio=0.3
+    ),
+    retry_max_delay=60.0,
+    breaker=CircuitBreaker(failure_ratio=0.5, minimum_calls=20, window=60.0, break_duration=30.0),
+    auth_skew=60.0,
+)
+"""The settings behind :func:`preset`; ``standard_pipeline`` overrides apply on top."""
+
+
+def preset(
+    *, auth: TokenProvider | None = None, clock: Clock | None = None, **overrides: Any
+) -> Pipeline:
+    """The Tellus pipeline (see the module docstring); ``overrides`` as for
+    :func:`resilience.standard_pipeline` (``max_attempts=``, ``breaker=None``, ...)."""
+    return TELLUS_PRESET.build(TellusClassifier(), auth=auth, clock=clock, **overrides)

@@ -1,0 +1,50 @@
+"""The Turris preset: what the Turris error-handling and rate-limit guides recommend.
+
+* retry 429, 500 and 503 with exponential backoff (4 attempts, waits up to 30 s
+  with full jitter);
+* ``X-RateLimit-Reset`` honoured up to 60 s (Turris's windows are a minute);
+* only GET, HEAD and OPTIONS are replayed freely: POST, PUT, PATCH and DELETE are
+  retried only when the request carries an ``Idempotency-Key`` (or
+  ``X-Idempotency-Key``) header, which Turris accepts;
+* tokens (60 minutes) are renewed 5 minutes before expiry, and once on
+  ``unauthorized``; a second rejection is an AuthenticationError;
+* a circuit breaker that needs 20 calls before it judges;
+* 10 s per attempt, 120 s per call (room for one full rate-limit window).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from resilience import (
+    CircuitBreaker,
+    Clock,
+    ExponentialBackoff,
+    Pipeline,
+    PresetSettings,
+    TokenProvider,
+)
+
+from ._classifier import TurrisClassifier
+
+__all__ = ["TURRIS_PRESET", "preset"]
+
+TURRIS_PRESET = PresetSettings(
+    total_timeout=120.0,
+    attempt_timeout=10.0,
+    max_attempts=4,
+    backoff=ExponentialBackoff(initial=1.0, multiplier=2.0, max_delay=30.0, jitter="full"),
+    retry_max_delay=60.0,
+    idempotent_methods=frozenset({"GET", "HEAD", "OPTIONS"}),
+    breaker=CircuitBreaker(failure_ratio=0.5, minimum_calls=20, window=60.0, break_duration=30.0),
+    auth_skew=300.0,
+)
+"""The settings behind :func:`preset`; ``standard_pipeline`` overrides apply on top."""
+
+
+def preset(
+    *, auth: TokenProvider | None = None, clock: Clock | None = None, **overrides: Any
+) -> Pipeline:
+    """The Turris pipeline (see the module docstring); ``overrides`` as for
+    :func:`resilience.standard_pipeline` (``max_attempts=``, ``breaker=None``, ...)."""
+    return TURRIS_PRESET.build(TurrisClassifier(), auth=auth, clock=clock, **overrides)

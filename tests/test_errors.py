@@ -1,0 +1,335 @@
+"""Errors: their tree, their fields, their messages, and ``raise_on_failure=False``."""
+
+from __future__ import annotations
+
+import pickle
+from typing import Any
+
+import httpx
+import pytest
+
+import resilience
+from resilience import (
+    Action,
+    ExponentialBackoff,
+    FieldError,
+    Pipeline,
+    Problem,
+    ResilientTransport,
+    Retry,
+    Verdict,
+)
+from resilience.errors import (
+    AuthenticationError,
+    CircuitOpenError,
+    ClassifierError,
+    ConfigurationError,
+    PartialFailureError,
+    PermanentError,
+    ResilienceError,
+    RetriesExhausted,
+)
+from resilience.testing import ScriptedTransport, VirtualClock, reply
+
+pytestmark = pytest.mark.anyio
+
+URL = "https://api.test/v1/devices"
+ONE = ExponentialBackoff(initial=1.0, multiplier=2.0, max_delay=30.0, jitter="none")
+WRAPPING = (PermanentError, RetriesExhausted, AuthenticationError, PartialFailureError)
+
+
+class Vendor:
+    """A vendor classifier reading a Turris-like JSON error body."""
+
+    vendor = "acme"
+
+    def classify(self, request: Any, response: Any, error: Any) -> Verdict:
+        if response is None or response.status_code < 400:
+            return Verdict(Action.ACCEPT)
+        body = response.json()
+        problem = Problem(
+            vendor="acme",
+            status=response.status_code,
+            code=body["errorType"],
+            title=body["errorMessage"][0],
+            request_id=body["requestId"],
+            errors=[FieldError(field="name", detail="required")],
+            details={"raw": body},
+        )
+        action = {
+            "rate_limit_exceeded": Action.RETRY,
+            "unauthorized": Action.REFRESH_AUTH,
+        }.get(body["errorType"], Action.FAIL)
+        return Verdict(action, problem=problem)
+
+
+def body(status: int, kind: str, secret: str = "s3cr3t-token") -> httpx.Response:
+    """A Turris-like error body (whose message mentions a secret)."""
+    return reply(
+        status,
+        json={
+            "statusCode": status,
+            "requestId": "req-42",
+            "errorType": kind,
+            "errorMessage": [f"{kind} happened"],
+            "echo": secret,
+        },
+    )
+
+
+async def call(
+    *steps: Any, classifier: Any = None, max_attempts: int = 3, **kwargs: Any
+) -> httpx.Response:
+    """One GET through Retry with the given script; returns the response or raises."""
+    inner = ScriptedTransport(list(steps))
+    pipeline = Pipeline(
+        [Retry(max_attempts=max_attempts, backoff=ONE)],
+        classifier=classifier or Vendor(),
+        clock=VirtualClock(),
+        telemetry=False,
+        **kwargs,
+    )
+    async with httpx.AsyncClient(transport=ResilientTransport(pipeline, inner=inner)) as client:
+        try:
+            return await client.get(URL)
+        finally:
+            assert inner.unclosed() == []
+
+
+# -- the tree ------------------------------------------------------------------------
+
+
+def test_exception_tree() -> None:
+    """Every error is a ResilienceError and an httpx.HTTPError; ConfigurationError is
+    also a ValueError."""
+    for kind in (*WRAPPING, CircuitOpenError, ClassifierError, ConfigurationError):
+        assert issubclass(kind, ResilienceError)
+        assert issubclass(kind, httpx.HTTPError)
+    assert issubclass(ConfigurationError, ValueError)
+    for kind in (*WRAPPING, CircuitOpenError, ConfigurationError):
+        assert not issubclass(kind, httpx.HTTPStatusError)
+
+
+@pytest.mark.parametrize("kind", WRAPPING)
+def test_http_status_error_only_with_a_response(kind: type[ResilienceError]) -> None:
+    """With ``response=`` the error is an httpx.HTTPStatusError (same name, module and
+    class family); without it, it is not."""
+    request = httpx.Request("GET", URL)
+    response = httpx.Response(503, request=request, json={"a": 1})
+    with_response = kind("boom", request=request, response=response)
+    assert isinstance(with_response, kind)
+    assert isinstance(with_response, httpx.HTTPStatusError)
+    assert type(with_response).__name__ == kind.__name__
+    assert type(with_response).__module__ == "resilience.errors"
+    assert with_response.response is response
+    assert with_response.request is request
+    bare = kind("boom", request=request)
+    assert not isinstance(bare, httpx.HTTPStatusError)
+    assert bare.response is None
+    assert bare.problem is None
+    assert bare.report.attempts == 0
+
+
+def test_vendor_subclass_is_an_http_status_error_with_a_response() -> None:
+    """A plugin's own subclass of PermanentError behaves like PermanentError."""
+
+    class AcmeError(PermanentError):
+        """Acme's own permanent error."""
+
+    request = httpx.Request("GET", URL)
+    response = httpx.Response(409, request=request)
+    err = AcmeError("conflict", request=request, response=response)
+    assert isinstance(err, AcmeError)
+    assert isinstance(err, PermanentError)
+    assert isinstance(err, httpx.HTTPStatusError)
+    assert type(err).__name__ == "AcmeError"
+    assert not isinstance(AcmeError("conflict"), httpx.HTTPStatusError)
+
+
+def test_circuit_open_error_fields() -> None:
+    """CircuitOpenError carries its key and the seconds until it half-opens."""
+    err = CircuitOpenError("open", key="https://api.test:443", retry_after=12.5)
+    assert (err.key, err.retry_after, err.response) == ("https://api.test:443", 12.5, None)
+    with pytest.raises(RuntimeError):
+        err.request  # noqa: B018 - no request attached yet
+
+
+def test_errors_pickle() -> None:
+    """Errors survive pickling (for process pools and task queues)."""
+    err = RetriesExhausted("x", problem=Problem(vendor="http", status=503))
+    back = pickle.loads(pickle.dumps(err))
+    assert type(back) is RetriesExhausted
+    assert back.problem == err.problem
+    assert not isinstance(back, httpx.HTTPStatusError)
+
+
+async def test_raised_errors_with_a_response_pickle() -> None:
+    """An error raised with a response pickles, and stays an HTTPStatusError."""
+    with pytest.raises(PermanentError) as info:
+        await call(body(404, "not_found"))
+    back = pickle.loads(pickle.dumps(info.value))
+    assert isinstance(back, PermanentError)
+    assert isinstance(back, httpx.HTTPStatusError)
+    assert back.response.json()["requestId"] == "req-42"
+    assert back.request.url == URL
+    assert str(back) == str(info.value)
+    assert back.report.attempts == 1
+
+
+# -- raised by the pipeline ----------------------------------------------------------
+
+
+async def test_permanent_error_fields_and_message() -> None:
+    """A FAIL verdict raises PermanentError: an HTTPStatusError whose .response is
+    read, .problem normalised, .report complete, and a message naming vendor,
+    status, code and request id, but no body or secret."""
+    with pytest.raises(httpx.HTTPStatusError) as info:
+        await call(body(404, "not_found"))
+    err = info.value
+    assert isinstance(err, PermanentError)
+    assert err.response.status_code == 404
+    assert err.response.json()["requestId"] == "req-42"
+    assert err.request.url == URL
+    assert err.problem is not None
+    assert (err.problem.vendor, err.problem.status, err.problem.code) == ("acme", 404, "not_found")
+    assert err.problem.request_id == "req-42"
+    assert err.problem.errors == (FieldError(field="name", detail="required"),)
+    assert err.report.attempts == 1
+    assert err.report.delays == []
+    assert [v.action for v in err.report.verdicts] == [Action.FAIL]
+    message = str(err)
+    for part in ("PermanentError", "acme", "HTTP 404", "code=not_found", "request_id=req-42"):
+        assert part in message
+    assert "s3cr3t" not in message
+    assert "s3cr3t" not in repr(err)
+    assert err.response.extensions["resilience"] is err.report
+
+
+async def test_retries_exhausted_fields_and_message() -> None:
+    """RETRY verdicts until max_attempts: RetriesExhausted with every verdict and delay."""
+    with pytest.raises(RetriesExhausted) as info:
+        await call(body(429, "rate_limit_exceeded"))
+    err = info.value
+    assert isinstance(err, httpx.HTTPStatusError)
+    assert err.response.status_code == 429
+    assert err.response.json()["errorType"] == "rate_limit_exceeded"
+    assert err.report.attempts == 3
+    assert err.report.delays == [1.0, 2.0]
+    assert len(err.verdicts) == 3
+    assert all(v.action is Action.RETRY for v in err.verdicts)
+    assert err.verdicts is err.report.verdicts
+    message = str(err)
+    for part in (
+        "RetriesExhausted",
+        "acme",
+        "HTTP 429",
+        "code=rate_limit_exceeded",
+        "request_id=req-42",
+        "3 attempt(s)",
+        "gave up: max_attempts",
+    ):
+        assert part in message
+
+
+async def test_retries_exhausted_without_a_response() -> None:
+    """Transport errors only: RetriesExhausted is not an HTTPStatusError, has no
+    response, and chains the last transport error."""
+    with pytest.raises(RetriesExhausted) as info:
+        await call(httpx.ConnectError("connection refused"), classifier="http")
+    err = info.value
+    assert not isinstance(err, httpx.HTTPStatusError)
+    assert err.response is None
+    assert isinstance(err.__cause__, httpx.ConnectError)
+    assert err.problem is not None
+    assert err.problem.code == "ConnectError"
+    assert err.report.attempts == 3
+
+
+async def test_authentication_error_on_an_unhandled_refresh_verdict() -> None:
+    """A REFRESH_AUTH verdict that no layer handled: AuthenticationError, with the
+    response, saying the credentials were rejected."""
+    with pytest.raises(AuthenticationError) as info:
+        await call(body(401, "unauthorized"))
+    err = info.value
+    assert isinstance(err, httpx.HTTPStatusError)
+    assert err.response.status_code == 401
+    assert "credentials rejected" in str(err)
+    assert "request_id=req-42" in str(err)
+    assert err.report.attempts == 1
+
+
+async def test_existing_http_status_error_handlers_keep_working() -> None:
+    """``except httpx.HTTPStatusError`` as with ``raise_for_status`` catches them."""
+    caught: list[int] = []
+    for step in (body(400, "invalid_input"), body(429, "rate_limit_exceeded")):
+        try:
+            await call(step)
+        except httpx.HTTPStatusError as exc:
+            caught.append(exc.response.status_code)
+    assert caught == [400, 429]
+
+
+async def test_message_for_the_generic_classifier() -> None:
+    """The "http" classifier's messages name the status and its reason phrase."""
+    with pytest.raises(PermanentError, match=r"http HTTP 403 code=403 'Forbidden'"):
+        await call(reply(403), classifier="http")
+
+
+# -- raise_on_failure=False ----------------------------------------------------------
+
+
+async def test_raise_on_failure_false_returns_the_final_response() -> None:
+    """FAIL and exhausted RETRY return the last response with the report instead."""
+    r = await call(body(404, "not_found"), raise_on_failure=False)
+    assert r.status_code == 404
+    assert r.json()["errorType"] == "not_found"
+    assert r.extensions["resilience"].attempts == 1
+    assert r.extensions["resilience"].verdicts[0].action is Action.FAIL
+
+    r = await call(body(429, "rate_limit_exceeded"), raise_on_failure=False)
+    report = r.extensions["resilience"]
+    assert r.status_code == 429
+    assert (report.attempts, report.delays, report.gave_up) == (3, [1.0, 2.0], "max_attempts")
+
+
+async def test_raise_on_failure_false_still_raises_without_a_response() -> None:
+    """With no response to return (transport errors), the error is raised anyway."""
+    with pytest.raises(RetriesExhausted):
+        await call(httpx.ConnectError("down"), classifier="http", raise_on_failure=False)
+
+
+def test_configuration_error_is_a_value_error_naming_the_argument() -> None:
+    """Bad configuration is a ConfigurationError, also a ValueError."""
+    with pytest.raises(ValueError, match="max_attempts"):
+        Retry(max_attempts=0)
+    assert resilience.errors.ConfigurationError is ConfigurationError
+
+
+class RejectsSuccess:
+    """Fails every 200 without reading its body (like a classifier that dislikes a
+    header)."""
+
+    vendor = "picky"
+    needs_body = False
+
+    def classify(self, request: Any, response: Any, error: Any) -> Verdict:
+        problem = Problem(vendor="picky", status=200, code="unexpected")
+        return Verdict(Action.FAIL, problem=problem)
+
+
+async def test_fail_on_an_unread_success_body_reads_it_for_the_error() -> None:
+    """A FAIL on a 2xx whose body was not read: the error's response is read (.json()
+    works) and the stream is closed."""
+    with pytest.raises(PermanentError) as info:
+        await call(reply(200, json={"data": [1]}), classifier=RejectsSuccess())
+    assert info.value.response.json() == {"data": [1]}
+    assert "code=unexpected" in str(info.value)
+
+
+async def test_fail_on_an_unread_success_body_returned_when_not_raising() -> None:
+    """With ``raise_on_failure=False`` the caller gets that 2xx, readable as usual."""
+    r = await call(
+        reply(200, json={"data": [1]}), classifier=RejectsSuccess(), raise_on_failure=False
+    )
+    assert r.json() == {"data": [1]}
+    assert r.extensions["resilience"].verdicts[0].action is Action.FAIL

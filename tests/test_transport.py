@@ -1,0 +1,94 @@
+"""ResilientTransport: an httpx transport that passes aclose and async-with through."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from resilience import Pipeline, ResilientTransport, Retry
+from resilience.testing import ScriptedTransport, reply
+
+pytestmark = pytest.mark.anyio
+
+
+def pipeline() -> Pipeline:
+    """A small pipeline with telemetry off."""
+    return Pipeline([Retry()], telemetry=False)
+
+
+async def test_aclose_passes_through() -> None:
+    """``aclose`` closes the inner transport."""
+    inner = ScriptedTransport.of(reply(200))
+    transport = ResilientTransport(pipeline(), inner=inner)
+    await transport.aclose()
+    assert inner.closed
+
+
+async def test_async_with_passes_through() -> None:
+    """``async with`` enters the inner transport and closes it on the way out."""
+    entered: list[str] = []
+
+    class Inner(ScriptedTransport):
+        async def __aenter__(self) -> Inner:
+            entered.append("enter")
+            return self
+
+    inner = Inner([reply(200)])
+    transport = ResilientTransport(pipeline(), inner=inner)
+    async with transport as entered_transport:
+        assert entered_transport is transport
+        assert entered == ["enter"]
+        assert not inner.closed
+    assert inner.closed
+
+
+async def test_client_close_closes_the_inner_transport() -> None:
+    """Closing the AsyncClient closes the inner transport too."""
+    inner = ScriptedTransport.of(reply(200))
+    async with httpx.AsyncClient(transport=ResilientTransport(pipeline(), inner=inner)) as client:
+        r = await client.get("https://api.test/")
+        assert r.status_code == 200
+    assert inner.closed
+
+
+async def test_default_inner_is_the_httpx_transport() -> None:
+    """Without ``inner``, attempts go through a new httpx.AsyncHTTPTransport."""
+    transport = ResilientTransport(pipeline())
+    assert isinstance(transport.inner, httpx.AsyncHTTPTransport)
+    await transport.aclose()
+
+
+async def test_works_with_httpx_mock_transport() -> None:
+    """Any httpx transport can be the inner one (here httpx.MockTransport)."""
+    calls: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request.url.path)
+        return httpx.Response(200, json={"n": len(calls)})
+
+    transport = ResilientTransport(pipeline(), inner=httpx.MockTransport(handler))
+    async with httpx.AsyncClient(transport=transport, base_url="https://api.test") as client:
+        r = await client.get("/v1/devices")
+    assert r.json() == {"n": 1}
+    assert calls == ["/v1/devices"]
+    assert r.extensions["resilience"].attempts == 1
+
+
+def test_rejects_a_non_pipeline() -> None:
+    """The first argument must be a Pipeline."""
+    with pytest.raises(TypeError, match="Pipeline"):
+        ResilientTransport([Retry()])  # type: ignore[arg-type]
+
+
+def test_repr() -> None:
+    """The repr names the pipeline and the inner transport's type."""
+    transport = ResilientTransport(pipeline(), inner=ScriptedTransport.of(reply(200)))
+    assert repr(transport) == (
+        "ResilientTransport(Pipeline([Retry], classifier='http'), inner=ScriptedTransport)"
+    )
+
+
+def test_scripted_transport_needs_a_step() -> None:
+    """An empty script is a mistake caught at construction, not on the first request."""
+    with pytest.raises(ValueError, match="at least one step"):
+        ScriptedTransport([])
