@@ -85,9 +85,21 @@ class CircuitState(str, enum.Enum):
 
 
 _CLOSED = CircuitState.CLOSED
+_ACCEPT = Action.ACCEPT
+_SPLIT = Action.SPLIT
 _OPEN = CircuitState.OPEN
 _HALF_OPEN = CircuitState.HALF_OPEN
 _ISOLATED = CircuitState.ISOLATED
+
+
+def _counted(verdict: Verdict) -> int:
+    """How a verdict counts: as a failure, a success, or neither (0)."""
+    if verdict.breaker_failure:
+        return _COUNTED | _FAILED
+    action = verdict.action
+    if action is _ACCEPT or action is _SPLIT:
+        return _COUNTED
+    return 0
 
 
 def host_key(request: httpx.Request) -> str:
@@ -255,7 +267,8 @@ class Circuit:
 
     # -- the window (per kind of window) --
 
-    def _add(self, code: int, now: float) -> None:
+    def _count(self, code: int, call: Call | None) -> None:
+        """Add a counted outcome (``code`` != 0) to the window; open if it says so."""
         raise NotImplementedError
 
     def _expire(self, now: float) -> None:
@@ -391,13 +404,9 @@ class Circuit:
                     self._breaks = 0
                     self._move(_CLOSED, call)
 
-    def _count(self, code: int, call: Call | None) -> None:
+    def _judge(self, total: int, now: float, call: Call | None) -> None:
+        """Open if the window's tally (with failures or slow calls) says so."""
         registry = self._registry
-        now = registry._clock.now()
-        self._add(code, now)
-        total = self._total
-        if total <= _MASK:
-            return  # successes only: nothing can open it
         calls = total & _MASK
         if calls < registry._minimum_calls:
             return
@@ -440,14 +449,18 @@ class _TimeCircuit(Circuit):
         self._current = 0
         self._ring = None
 
-    def _add(self, code: int, now: float) -> None:
+    def _count(self, code: int, call: Call | None) -> None:
         registry = self._registry
+        now = registry._clock.now()
         bucket = int((now - registry._origin) / registry._width)
         if bucket > self._head:
             self._roll(bucket)
         tally = _TALLY[code]
         self._current += tally
-        self._total += tally
+        total = self._total + tally
+        self._total = total
+        if total > _MASK:  # failures or slow calls in the window: judge it
+            self._judge(total, now, call)
 
     def _expire(self, now: float) -> None:
         registry = self._registry
@@ -507,7 +520,8 @@ class _CountCircuit(Circuit):
         self._last = now
         self._ring = None
 
-    def _add(self, code: int, now: float) -> None:
+    def _count(self, code: int, call: Call | None) -> None:
+        now = self._registry._clock.now()
         self._expire(now)
         self._last = now
         ring = self._ring
@@ -516,9 +530,12 @@ class _CountCircuit(Circuit):
         head = self._head
         old = ring[head]
         ring[head] = code
-        self._total += _TALLY[code] - _TALLY[old]
+        total = self._total + _TALLY[code] - _TALLY[old]
+        self._total = total
         head += 1
         self._head = 0 if head == len(ring) else head
+        if total > _MASK:
+            self._judge(total, now, call)
 
     def _expire(self, now: float) -> None:
         if self._ring is not None and now - self._last > self._registry._window:
@@ -673,14 +690,9 @@ class CircuitRegistry:
     # -- internals --
 
     def _code(self, verdict: Verdict, duration: float | None) -> int:
-        if verdict.breaker_failure:
-            code = _COUNTED | _FAILED
-        elif verdict.action is Action.ACCEPT or verdict.action is Action.SPLIT:
-            code = _COUNTED
-        else:
-            return 0
+        code = _counted(verdict)
         limit = self._slow_call_duration
-        if limit is not None and duration is not None and duration > limit:
+        if code and limit is not None and duration is not None and duration > limit:
             code |= _SLOWED
         return code
 
@@ -766,9 +778,10 @@ class _BreakerHandler:
         error = outcome.error
         if error is not None and isinstance(error, ResilienceError):
             code = 0  # made by an inner layer (an inner breaker, AuthRefresh): not ours
+        elif self._timed:
+            code = self._registry._code(outcome.verdict, self._clock.now() - start)
         else:
-            duration = self._clock.now() - start if self._timed else None
-            code = self._registry._code(outcome.verdict, duration)
+            code = _counted(outcome.verdict)
         self._settle(key, circuit, gen, code, call)
         return outcome
 

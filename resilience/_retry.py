@@ -39,7 +39,10 @@ MIN_HINT_CAP = 60.0
 class Backoff(Protocol):
     """Chooses the wait before a retry."""
 
-    max_delay: float
+    @property
+    def max_delay(self) -> float:
+        """The longest base delay, in seconds (server hints may ask for more)."""
+        ...
 
     def delay(self, retry: int, previous: float | None = None) -> float:
         """Seconds to wait before retry number ``retry`` (0 for the first retry).
@@ -210,7 +213,8 @@ class Retry:
         default=None, validator=v.number(minimum=0, optional=True)
     )
     """Cap on any single wait, server hints included (default: the larger of the
-    backoff's ``max_delay`` and 60 s, so a server's ``Retry-After`` is honoured)."""
+    backoff's longest wait (``max_delay``, plus the ratio for proportional jitter)
+    and 60 s, so a server's ``Retry-After`` of up to a minute is honoured)."""
     wait_for_half_open: bool = False
     """When the breaker below is open and will half-open before the deadline, wait
     for it (as a retry) instead of failing at once."""
@@ -224,7 +228,11 @@ class Retry:
                 env.shared["retry_budget"] = bucket
         cap = self.max_delay
         if cap is None:
-            cap = max(float(self.backoff.max_delay), MIN_HINT_CAP)
+            longest = float(self.backoff.max_delay)
+            if getattr(self.backoff, "jitter", None) == "proportional":
+                # Proportional jitter adds on top of the capped delay by design.
+                longest *= 1 + float(getattr(self.backoff, "jitter_ratio", 0.0))
+            cap = max(longest, MIN_HINT_CAP)
         return _RetryHandler(self, env, bucket, cap)
 
     def is_replayable(self, request: httpx.Request) -> str | None:

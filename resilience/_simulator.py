@@ -481,7 +481,7 @@ class Simulator:
             ``VirtualClock`` so backoff waits and rate-limit windows agree.
         client_id: the only client the token endpoint accepts.
         client_secret: its secret.
-        epoch: the Unix time at the simulator's start (default: now).
+        epoch: the Unix time at the simulator's start (default: now, in whole seconds).
     """
 
     vendor: ClassVar[str] = "vendor"
@@ -521,7 +521,8 @@ class Simulator:
         self.client_id = client_id
         self._client_secret = client_secret
         self._start = self.clock.now()
-        self._epoch = time.time() if epoch is None else float(epoch)
+        # A whole second, so Date headers and Unix-time resets line up exactly.
+        self._epoch = float(math.floor(time.time())) if epoch is None else float(epoch)
         self._random = random.Random(self.plan.seed)
         self._signing_key = secrets.token_bytes(32)
         self._lock = threading.Lock()

@@ -410,24 +410,41 @@ class _SplitterHandler:
             previous = delay
             allowed = self._allow(pending, state)
             plan = self._plan(splitter, request, allowed, state)
-            for index, (parts, narrowed) in enumerate(plan):
-                stop = None
-                if not self._fits(call, 0.0):
-                    stop = "deadline"
-                elif self.bucket is not None and not self.bucket.try_withdraw(clock.now()):
-                    stop = "budget"
-                if stop is not None:
-                    for later, _ in plan[index:]:
-                        self._release(later)
-                    state.gave_up = stop
-                    return
-                if not await self._re_request(call, call_next, splitter, parts, narrowed, state):
-                    for later, _ in plan[index + 1 :]:
-                        self._release(later)
-                    state.gave_up = "deadline"
-                    return
+            stop = await self._run_plan(call, call_next, splitter, plan, state)
+            if stop is not None:
+                state.gave_up = stop
+                return
         if any(v.action is Action.RETRY for v in state.failures.values()):
             state.gave_up = "max_rounds"
+
+    async def _run_plan(
+        self,
+        call: Call,
+        call_next: CallNext,
+        splitter: Any,
+        plan: list[tuple[tuple[str, ...], httpx.Request]],
+        state: _Round,
+    ) -> str | None:
+        """Send one round's narrowed requests; why it stopped early, if it did.
+
+        Every part in ``plan`` holds a breaker slot: each is recorded or released,
+        including the parts not reached when the round stops or is cancelled.
+        """
+        sent = 0
+        try:
+            for parts, narrowed in plan:
+                if not self._fits(call, 0.0):
+                    return "deadline"
+                if self.bucket is not None and not self.bucket.try_withdraw(self.env.clock.now()):
+                    return "budget"
+                sent += 1
+                if not await self._re_request(call, call_next, splitter, parts, narrowed, state):
+                    return "deadline"
+            return None
+        finally:
+            # The request in flight released its own parts (see _re_request).
+            for later, _ in plan[sent:]:
+                self._release(later)
 
     async def _re_request(
         self,

@@ -824,9 +824,9 @@ def test_configuration_is_validated() -> None:
 
 async def test_cancellation_releases_everything() -> None:
     """A call cancelled during a narrowed re-request closes the base response and
-    frees the part's breaker slot."""
+    frees the breaker slots of that part and of the parts planned after it."""
     registry = FakeRegistry()
-    mesh = Mesh({"a": ["ok"], "b": ["retry", "ok"]})
+    mesh = Mesh({"a": ["ok"], "b": ["retry", "ok"], "c": ["retry", "ok"]})
     started = anyio.Event()
 
     class Hanging(httpx.AsyncBaseTransport):
@@ -863,6 +863,7 @@ async def test_cancellation_releases_everything() -> None:
     assert hanging.streams
     assert all(stream.closed for stream in hanging.streams)
     assert ("release", "mesh:b", None) in registry.calls
+    assert ("release", "mesh:c", None) in registry.calls  # planned, never sent
     assert all(count == 0 for count in registry.held.values())
 
 

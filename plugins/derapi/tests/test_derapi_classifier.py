@@ -186,12 +186,35 @@ def test_permanent_types_ignore_retry_after() -> None:
 
 @pytest.mark.parametrize("method", ["GET", "HEAD", "OPTIONS", "PUT", "DELETE"])
 def test_internal_error_retries_idempotent_requests_twice(method: str) -> None:
-    """The same request object: RETRY, RETRY, then FAIL (still a breaker failure)."""
-    request = httpx.Request(method, BASE + "/sites/site-x")
+    """One logical request (replayed as is, or copied with its stream as AuthRefresh
+    does): RETRY, RETRY, then FAIL, always a breaker failure."""
+    original = httpx.Request(method, BASE + "/sites/site-x")
+    copies = [
+        original,
+        httpx.Request(method, original.url, stream=original.stream),
+        httpx.Request(method, original.url, stream=original.stream),
+    ]
     response = problem("derapi-internal-error", 500)
-    actions = [CLASSIFIER.classify(request, response, None) for _ in range(3)]
+    actions = [CLASSIFIER.classify(request, response, None) for request in copies]
     assert [v.action for v in actions] == [Action.RETRY, Action.RETRY, Action.FAIL]
     assert all(v.breaker_failure for v in actions)
+    fresh = CLASSIFIER.classify(httpx.Request(method, original.url), response, None)
+    assert fresh.action is Action.RETRY  # another call starts from zero
+
+
+def test_internal_error_count_without_weak_references() -> None:
+    """A body stream that cannot be weakly referenced is counted in the extensions."""
+
+    class NoWeakRefs(dict[Any, int]):
+        def get(self, key: Any, default: Any = None) -> Any:
+            raise TypeError("cannot create weak reference")
+
+    classifier = DerapiClassifier()
+    classifier._internal_errors = NoWeakRefs()  # type: ignore[assignment]
+    request = httpx.Request("PUT", BASE + "/sites/site-x", content=b"{}")
+    response = problem("derapi-internal-error", 500)
+    actions = [classifier.classify(request, response, None).action for _ in range(3)]
+    assert actions == [Action.RETRY, Action.RETRY, Action.FAIL]
     assert request.extensions[INTERNAL_ERRORS_EXTENSION] == 3
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -300,10 +301,14 @@ class DerapiClassifier:
     * ``derapi-internal-error``: RETRY for idempotent requests (GET, HEAD,
       OPTIONS, PUT, DELETE, TRACE, or an ``Idempotency-Key``), at most
       :attr:`internal_error_retries` times per request, then FAIL; FAIL at once
-      otherwise. The count lives in the request's extensions (the Retry and
-      AuthRefresh layers replay the same request object, or a copy sharing its
-      extensions), so it holds however many attempts ``Retry`` allows. It is a
-      breaker failure either way: it is Derapi's fault, not the caller's.
+      otherwise. A classifier cannot see the call, so it counts per logical
+      request, keyed (weakly) by the request's body stream: ``Retry`` replays the
+      same request object and ``AuthRefresh`` sends copies that carry the same
+      stream, while every new call (and every narrowed re-request) has its own.
+      A stream that cannot be weakly referenced is counted in the request's
+      extensions instead. The cap therefore holds however many attempts
+      ``Retry`` allows. It is a breaker failure either way: it is Derapi's
+      fault, not the caller's.
 
     A 401 that is not an ``unauthorized`` problem (no body, a gateway's
     ``{"message": "Unauthorized"}``, any body that is no Derapi problem) is about
@@ -330,6 +335,8 @@ class DerapiClassifier:
         ):
             raise ValueError("internal_error_retries must be an integer >= 0")
         self.internal_error_retries = internal_error_retries
+        # Request body stream -> internal errors seen (see _count_internal_error).
+        self._internal_errors: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
 
     def __repr__(self) -> str:
         return f"DerapiClassifier(internal_error_retries={self.internal_error_retries})"
@@ -428,16 +435,28 @@ class DerapiClassifier:
         self, request: httpx.Request, response: httpx.Response, problem: Problem
     ) -> Verdict:
         action = Action.FAIL
-        if _is_idempotent(request):
-            seen = request.extensions.get(INTERNAL_ERRORS_EXTENSION)
-            seen = (seen if isinstance(seen, int) else 0) + 1
-            with contextlib.suppress(TypeError):  # a read-only extensions mapping
-                request.extensions[INTERNAL_ERRORS_EXTENSION] = seen
-            if seen <= self.internal_error_retries:
-                action = Action.RETRY
+        if _is_idempotent(request) and self._count_internal_error(request) <= (
+            self.internal_error_retries
+        ):
+            action = Action.RETRY
         hint = retry_after_of(response) if action is Action.RETRY else None
         # Derapi's own failure: it counts against the breaker even when not retried.
         return Verdict(action, problem=problem, retry_after=hint, breaker_failure=True)
+
+    def _count_internal_error(self, request: httpx.Request) -> int:
+        """How many internal errors this logical request has seen, this one included."""
+        stream = request.stream
+        try:
+            seen = self._internal_errors.get(stream, 0) + 1
+            self._internal_errors[stream] = seen
+            return seen
+        except TypeError:  # a stream that cannot be weakly referenced
+            pass
+        counted = request.extensions.get(INTERNAL_ERRORS_EXTENSION)
+        seen = (counted if isinstance(counted, int) else 0) + 1
+        with contextlib.suppress(TypeError):  # a read-only extensions mapping
+            request.extensions[INTERNAL_ERRORS_EXTENSION] = seen
+        return seen
 
     # -- the splitting protocol -------------------------------------------------------
 

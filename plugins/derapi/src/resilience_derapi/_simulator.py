@@ -35,8 +35,9 @@ not asked for it.
 Each backend has its own fault plan (:class:`Backend`): faults drawn per request
 that reaches it (the kit's :class:`~resilience.testing.Fault`, whose ``code`` is
 a Derapi error slug or ``"raw:<message>"``), after a ``script`` of what its first
-requests get (a flapping backend fails a few, then recovers). :attr:`DerapiSimulator.touches` records every
-backend each request reached, so tests can assert which were asked again. The
+requests get (a flapping backend fails a few, then recovers).
+:attr:`DerapiSimulator.touches` records every backend each request reached, so
+tests can assert which were asked again. The
 simulator-wide :class:`~resilience.testing.FaultPlan` (outages, rate limits, slow
 answers, errors for the whole API) comes on top.
 """
