@@ -49,10 +49,12 @@ from resilience import (
     Action,
     CircuitBreaker,
     CircuitRegistry,
+    Outcome,
     Pipeline,
     ResilientTransport,
     Verdict,
 )
+from resilience._breaker import _open_error  # what the layer builds on rejection
 from resilience.errors import CircuitOpenError
 from resilience.testing import VirtualClock
 
@@ -139,7 +141,7 @@ def allow_step(registry: CircuitRegistry) -> Step:
     return step
 
 
-async def purgatory_open_step() -> Step | None:
+async def purgatory_open_step(*, clear_traceback: bool = True) -> Step | None:
     if purgatory is None:
         return None
     factory = purgatory.AsyncCircuitBreakerFactory(default_threshold=1, default_ttl=1e9)
@@ -151,8 +153,13 @@ async def purgatory_open_step() -> Step | None:
         try:
             async with await factory.get_breaker("api"):
                 pass
-        except OpenedState:
-            pass
+        except OpenedState as exc:
+            # purgatory raises its one state object every time, so its traceback
+            # grows with each rejection (see the memory table); the growing heap
+            # would slow every row through the garbage collector, so the timed
+            # loop clears it.
+            if clear_traceback:
+                exc.__traceback__ = None
 
     return step
 
@@ -174,7 +181,7 @@ async def aiobreaker_open_step() -> Step | None:
         await breaker.call_async(boom)
 
     async def step() -> None:
-        try:
+        try:  # noqa: SIM105 - cheaper than contextlib.suppress in a timed loop
             await breaker.call_async(fine)
         except aiobreaker.CircuitBreakerError:
             pass
@@ -197,7 +204,7 @@ def pybreaker_open_step() -> Step | None:
         breaker.call(boom)
 
     async def step() -> None:
-        try:
+        try:  # noqa: SIM105 - cheaper than contextlib.suppress in a timed loop
             breaker.call(fine)
         except pybreaker.CircuitBreakerError:
             pass
@@ -321,28 +328,33 @@ def memory_per_key(n: int) -> list[tuple[str, float | None, float | None]]:
     return rows
 
 
-async def rejected_growth(calls: int) -> list[tuple[str, int]]:
+async def rejected_growth(calls: int) -> list[tuple[str, int | None]]:
     """Traced bytes held after ``calls`` rejections, minus before."""
     transport, registry = await open_transport()
-    rejecting = rejecting_step(transport)
-    for _ in range(1_000):  # warm caches before measuring
-        await rejecting()
-    rows = []
-    gc.collect()
-    tracemalloc.start()
-    try:
-        before = tracemalloc.get_traced_memory()[0]
-        for _ in range(calls):
-            await rejecting()
+    steps: dict[str, Step | None] = {
+        "resilience, transport (CircuitOpenError raised)": rejecting_step(transport),
+        "resilience, registry.allow() on an open key": allow_step(registry),
+        "purgatory": await purgatory_open_step(clear_traceback=False),
+        "aiobreaker": await aiobreaker_open_step(),
+        "pybreaker": pybreaker_open_step(),
+    }
+    rows: list[tuple[str, int | None]] = []
+    for name, step in steps.items():
+        if step is None:
+            rows.append((name, None))
+            continue
+        for _ in range(1_000):  # warm caches before measuring
+            await step()
         gc.collect()
-        rows.append(("transport level (CircuitOpenError raised)", tracemalloc.get_traced_memory()[0] - before))
-        before = tracemalloc.get_traced_memory()[0]
-        for _ in range(calls):
-            registry.allow(KEY)
-        gc.collect()
-        rows.append(("registry.allow() on an open key", tracemalloc.get_traced_memory()[0] - before))
-    finally:
-        tracemalloc.stop()
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            for _ in range(calls):
+                await step()
+            gc.collect()
+            rows.append((name, tracemalloc.get_traced_memory()[0] - before))
+        finally:
+            tracemalloc.stop()
     return rows
 
 
@@ -353,57 +365,122 @@ def show(value: float | None, fmt: str = "{:8.2f}") -> str:
     return f"{NOT_INSTALLED:>14}" if value is None else fmt.format(value)
 
 
-async def main(rounds: int, calls: int) -> None:
+class ErrorOnlyLayer:
+    """Reference: a layer that only returns a fresh CircuitOpenError.
+
+    What a rejected call costs in the pipeline itself (the call, its report, the
+    raise), so the breaker's own share of a rejection is the difference.
+    """
+
+    def bind(self, env: Any) -> Any:
+        verdict = Verdict(Action.FAIL, breaker_failure=False)
+
+        async def handler(request: httpx.Request, call: Any, call_next: Any) -> Outcome:
+            error = _open_error("circuit open", KEY, 1.0, request, None, call.report)
+            return Outcome(request, verdict, error=error)
+
+        return handler
+
+
+def guard_step(registry: CircuitRegistry) -> Step:
+    """What a hand-written guard does: allow(), and raise when refused."""
+    allow = registry.allow
+
+    async def step() -> None:
+        try:
+            wait = allow(KEY)
+            if wait is not None:
+                raise CircuitOpenError("circuit open", key=KEY, retry_after=wait)
+        except CircuitOpenError:
+            pass
+
+    return step
+
+
+TRANSPORT_ROWS = (
+    "bare MockTransport (sends)",
+    "Pipeline([CircuitBreaker()]), open",
+    "reference: Pipeline([layer returning the error])",
+)
+DECISION_ROWS = (
+    "resilience registry.allow(key)",
+    "resilience allow() + raise CircuitOpenError",
+    "purgatory: async with await get_breaker()",
+    "aiobreaker: await call_async()",
+    "pybreaker: call() (sync)",
+)
+
+
+async def timings(rounds: int, calls: int) -> dict[str, float | None]:
     mock = httpx.MockTransport(ok_handler)
     empty = ResilientTransport(Pipeline([], telemetry=False), inner=mock)
     guarded = ResilientTransport(Pipeline([CircuitBreaker()], telemetry=False), inner=mock)
+    reference = ResilientTransport(Pipeline([ErrorOnlyLayer()], telemetry=False), inner=mock)
     opened, registry = await open_transport()
     variants: dict[str, Step | None] = {
         "bare MockTransport": transport_step(mock),
         "Pipeline([])": transport_step(empty),
         "Pipeline([CircuitBreaker()])": transport_step(guarded),
-        "open: transport, raises CircuitOpenError": rejecting_step(opened),
-        "open: registry.allow(key)": allow_step(registry),
-        "open: purgatory get_breaker + async with": await purgatory_open_step(),
-        "open: aiobreaker call_async": await aiobreaker_open_step(),
-        "open: pybreaker call (sync)": pybreaker_open_step(),
+        TRANSPORT_ROWS[1]: rejecting_step(opened),
+        TRANSPORT_ROWS[2]: rejecting_step(reference),
+        DECISION_ROWS[0]: allow_step(registry),
+        DECISION_ROWS[1]: guard_step(registry),
+        DECISION_ROWS[2]: await purgatory_open_step(),
+        DECISION_ROWS[3]: await aiobreaker_open_step(),
+        DECISION_ROWS[4]: pybreaker_open_step(),
     }
-    results = await time_rounds(variants, rounds, calls)
+    return await time_rounds(variants, rounds, calls)
+
+
+def main(rounds: int, calls: int) -> None:
+    results = anyio.run(timings, rounds, calls)
+    results[TRANSPORT_ROWS[0]] = results["bare MockTransport"]
     bare = results["bare MockTransport"]
     base = results["Pipeline([])"]
     closed = results["Pipeline([CircuitBreaker()])"]
-    assert bare is not None and base is not None and closed is not None
+    assert bare is not None
+    assert base is not None
+    assert closed is not None
 
     print(f"Python {sys.version.split()[0]}, httpx {httpx.__version__}, asyncio")
     print(f"{rounds} rounds x {calls} calls, median µs per call\n")
-    print(f"{'closed path (transport level)':44} {'µs/call':>8} {'ratio':>6} {'+µs':>7}")
-    print("-" * 68)
+    print(f"{'closed path, transport level':50} {'µs/call':>8} {'ratio':>6} {'+µs':>7}")
+    print("-" * 74)
     for name in ("bare MockTransport", "Pipeline([])", "Pipeline([CircuitBreaker()])"):
         value = results[name]
         assert value is not None
-        print(f"{name:44} {value:8.2f} {value / bare:6.2f} {value - bare:+7.2f}")
-    print(f"{'  the breaker layer alone (vs Pipeline([]))':44} {closed - base:8.2f}")
+        print(f"{name:50} {value:8.2f} {value / bare:6.2f} {value - bare:+7.2f}")
+    print(f"{'the breaker layer alone (vs Pipeline([]))':50} {closed - base:8.2f}")
     print()
-    print(f"{'open path (fast fail)':44} {'µs/call':>8} {'vs bare':>8}")
-    print("-" * 62)
-    for name, value in results.items():
-        if name.startswith("open:"):
-            ratio = "" if value is None else f"{value / bare:8.2f}"
-            print(f"{name:44} {show(value)} {ratio}")
+    print(f"{'open path (fast fail), transport level':50} {'µs/call':>8} {'ratio':>6}")
+    print("-" * 66)
+    for name in TRANSPORT_ROWS:
+        value = results[name]
+        assert value is not None
+        print(f"{name:50} {value:8.2f} {value / bare:6.2f}")
+    opened, floor = results[TRANSPORT_ROWS[1]], results[TRANSPORT_ROWS[2]]
+    assert opened is not None
+    assert floor is not None
+    print(f"{'the breaker share of a rejection':50} {opened - floor:8.2f}")
+    print()
+    print(f"{'open path, decision level (no HTTP)':50} {'µs/call':>8}")
+    print("-" * 59)
+    for name in DECISION_ROWS:
+        print(f"{name:50} {show(results[name])}")
     print()
     print(f"{'memory per idle keyed breaker':30} {'keys outside':>14} {'keys inside':>14}")
     print("-" * 60)
     for name, outside, inside in memory_per_key(20_000):
         print(f"{name:30} {show(outside, '{:12.0f} B')} {show(inside, '{:12.0f} B')}")
     print()
-    print(f"{'memory held after 100,000 rejected calls':48} {'bytes':>8}")
-    print("-" * 58)
-    for name, grown in await rejected_growth(100_000):
-        print(f"{name:48} {grown:8d}")
+    print(f"{'memory held after 100,000 rejected calls':48} {'bytes':>14}")
+    print("-" * 63)
+    for name, grown in anyio.run(rejected_growth, 100_000):
+        print(f"{name:48} {show(grown, '{:14d}')}")
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="3 rounds instead of 15")
     options = parser.parse_args()
-    anyio.run(main, 3 if options.quick else 15, 2_000 if options.quick else 5_000)
+    main(3 if options.quick else 15, 2_000 if options.quick else 5_000)

@@ -34,6 +34,7 @@ import httpx
 from . import _validate as v
 from ._events import CircuitStateChanged
 from ._pipeline import Call, CallNext, Outcome, Pipeline, PipelineEnv
+from ._report import CallReport
 from ._verdict import Action, Problem, Verdict
 from .errors import CircuitOpenError, ConfigurationError, ResilienceError
 
@@ -84,12 +85,16 @@ class CircuitState(str, enum.Enum):
         return f"CircuitState.{self.name}"
 
 
+# Module constants: looking an enum member up on its class costs more, per call.
 _CLOSED = CircuitState.CLOSED
-_ACCEPT = Action.ACCEPT
-_SPLIT = Action.SPLIT
 _OPEN = CircuitState.OPEN
 _HALF_OPEN = CircuitState.HALF_OPEN
 _ISOLATED = CircuitState.ISOLATED
+_ACCEPT = Action.ACCEPT
+_SPLIT = Action.SPLIT
+
+#: The ports httpx leaves out of a URL (``url.port`` is then ``None``).
+_DEFAULT_PORTS = {"https": 443, "http": 80, "wss": 443, "ws": 80, "ftp": 21}
 
 
 def _counted(verdict: Verdict) -> int:
@@ -103,13 +108,19 @@ def _counted(verdict: Verdict) -> int:
 
 
 def host_key(request: httpx.Request) -> str:
-    """The default breaker key: ``scheme://host:port`` (the port always spelled out)."""
+    """The default breaker key: ``scheme://host:port``, the port always spelled out.
+
+    ``https://api.example.com/v1/x`` has the key ``https://api.example.com:443``.
+    """
     url = request.url
-    port = url.port
     scheme = url.scheme
+    host = url.host
+    port = url.port
     if port is None:
-        port = 443 if scheme == "https" else 80
-    return f"{scheme}://{url.host}:{port}"
+        port = _DEFAULT_PORTS.get(scheme)
+    if ":" in host:  # an IPv6 address
+        host = f"[{host}]"
+    return f"{scheme}://{host}:{port}"
 
 
 KeyFunction = Callable[[httpx.Request], str | None]
@@ -245,6 +256,7 @@ class Circuit:
     _total: int
     """The tally of the whole window."""
     _head: int
+    """Time window: the newest bucket's number. Count window: the next call's slot."""
     _until: float
     """When open: the clock time at which it half-opens."""
     _breaks: int
@@ -732,6 +744,58 @@ class CircuitRegistry:
         env.emit(CircuitStateChanged(key=key, old=old.value, new=new.value), call)
 
 
+def _construct_open_error(
+    message: str,
+    key: str,
+    retry_after: float,
+    request: httpx.Request,
+    problem: Problem | None,
+    report: CallReport,
+) -> CircuitOpenError:
+    return CircuitOpenError(
+        message, key=key, retry_after=retry_after, request=request, problem=problem, report=report
+    )
+
+
+def _assemble_open_error(
+    message: str,
+    key: str,
+    retry_after: float,
+    request: httpx.Request,
+    problem: Problem | None,
+    report: CallReport,
+) -> CircuitOpenError:
+    error: CircuitOpenError = BaseException.__new__(CircuitOpenError, message)
+    error._request = request
+    error.response = None
+    error.problem = problem
+    error.report = report
+    error.key = key
+    error.retry_after = retry_after
+    return error
+
+
+def _choose_open_error() -> Callable[..., CircuitOpenError]:
+    # The errors' Python-level __new__ and __init__ chain costs about 1 µs, a third
+    # of the fast-fail budget. Assembling the error directly is equivalent only
+    # while the constructor sets exactly these attributes: check once, and fall back
+    # to the constructor the day it sets anything else.
+    request = httpx.Request("GET", "https://check.invalid/")
+    report = CallReport()
+    made = _construct_open_error("m", "k", 1.0, request, None, report)
+    assembled = _assemble_open_error("m", "k", 1.0, request, None, report)
+    if (
+        type(made) is type(assembled)
+        and made.args == assembled.args
+        and vars(made) == vars(assembled)
+    ):
+        return _assemble_open_error
+    return _construct_open_error  # pragma: no cover - errors.py changed its attributes
+
+
+_open_error = _choose_open_error()
+
+
 class _BreakerHandler:
     """The bound layer: admits, rejects and settles each call."""
 
@@ -765,7 +829,7 @@ class _BreakerHandler:
         if circuit._state is not _CLOSED:
             wait = circuit._admit(self._clock.now(), call)
             if wait is not None:
-                return self._reject(request, key, wait)
+                return self._reject(request, call, key, wait)
         gen = circuit._gen
         start = self._clock.now() if self._timed else 0.0
         try:
@@ -793,7 +857,7 @@ class _BreakerHandler:
             # count the outcome in the circuit it holds for the key now.
             self._registry.get(key)._complete(None, code, call)
 
-    def _reject(self, request: httpx.Request, key: str, wait: float) -> Outcome:
+    def _reject(self, request: httpx.Request, call: Call, key: str, wait: float) -> Outcome:
         # The error is returned, never raised here: no traceback is built until the
         # pipeline raises it once, and nothing is kept between rejections.
         if wait == math.inf:
@@ -802,7 +866,5 @@ class _BreakerHandler:
             message = f"circuit breaker {key} is open; it half-opens in {wait:.3g}s"
         else:
             message = f"circuit breaker {key} is half-open and its probes are busy"
-        error = CircuitOpenError(
-            message, key=key, retry_after=wait, request=request, problem=self._verdict.problem
-        )
+        error = _open_error(message, key, wait, request, self._verdict.problem, call.report)
         return Outcome(request, self._verdict, error=error)

@@ -34,10 +34,11 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, NoReturn, TypeVar
 
 import httpx
 
+from ._auth import AuthRefresh, Token
 from ._classifier import available_classifiers
 from ._clock import VirtualClock
 from ._pipeline import Pipeline
@@ -56,6 +57,18 @@ from .errors import (
 __all__ = ["PluginConformance"]
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+class _CountingToken:
+    """A token provider that hands out a new token each time and counts fetches."""
+
+    def __init__(self) -> None:
+        self.fetches = 0
+
+    async def fetch(self, http: httpx.AsyncClient) -> Token:
+        self.fetches += 1
+        return Token(f"conformance-token-{self.fetches}")
+
 
 try:  # pytest is a test dependency: the suite is only usable under it.
     import pytest
@@ -139,7 +152,7 @@ class PluginConformance:
 
     # ---- helpers -------------------------------------------------------------------
 
-    def _skip(self, reason: str) -> None:
+    def _skip(self, reason: str) -> NoReturn:
         import pytest
 
         pytest.skip(reason)
@@ -148,7 +161,6 @@ class PluginConformance:
         plugin = self.plugin
         if plugin.simulator is None:
             self._skip(f"plugin {plugin.name!r} ships no simulator")
-        assert plugin.simulator is not None
         return plugin.simulator(
             plan=plan, clock=clock, client_id=self.client_id, client_secret=self.client_secret
         )
@@ -157,7 +169,6 @@ class PluginConformance:
         plugin = self.plugin
         if plugin.token_provider is None:
             self._skip(f"plugin {plugin.name!r} ships no token provider")
-        assert plugin.token_provider is not None
         return plugin.token_provider(
             client_id=self.client_id,
             client_secret=self.client_secret if secret is None else secret,
@@ -168,7 +179,6 @@ class PluginConformance:
         plugin = self.plugin
         if plugin.render_error is None:
             self._skip(f"plugin {plugin.name!r} has no render_error")
-        assert plugin.render_error is not None
         return plugin.render_error(code, status)
 
     # ---- the plugin object ----------------------------------------------------------
@@ -247,6 +257,37 @@ class PluginConformance:
                 assert isinstance(error, httpx.HTTPStatusError)
                 assert self.plugin.name in str(error)
         assert inner.unclosed() == []
+
+    @_anyio
+    async def test_refresh_codes_refresh_once_then_fail(self) -> None:
+        """Each REFRESH_AUTH code, under AuthRefresh: one refresh, one replay, then an
+        AuthenticationError (a second rejection is permanent)."""
+        from .testing import ScriptedTransport, reply
+
+        codes = self.plugin.codes.codes_for(Action.REFRESH_AUTH)
+        if not codes:
+            self._skip(f"plugin {self.plugin.name!r} has no REFRESH_AUTH code")
+        for code in codes:
+            rendered = self._rendered(code, None)
+            headers = {k: v for k, v in rendered.headers.items() if k != "content-length"}
+            inner = ScriptedTransport.of(
+                reply(rendered.status_code, content=rendered.content, headers=headers)
+            )
+            provider = _CountingToken()
+            pipeline = Pipeline(
+                [Retry(max_attempts=3, budget=None), AuthRefresh(provider)],
+                classifier=self.plugin.classifier,
+                clock=VirtualClock(),
+                telemetry=False,
+            )
+            transport = ResilientTransport(pipeline, inner=inner)
+            async with httpx.AsyncClient(transport=transport, base_url=BASE_URL) as client:
+                with pytest.raises(AuthenticationError) as caught:
+                    await client.get("/conformance")
+            assert caught.value.report.attempts == 2, code
+            assert provider.fetches == 2, code
+            assert len(inner.requests) == 2, code
+            assert inner.unclosed() == []
 
     # ---- garbage never breaks the classifier ----------------------------------------
 
@@ -436,7 +477,6 @@ class PluginConformance:
         plugin = self.plugin
         if plugin.preset is None:
             self._skip(f"plugin {plugin.name!r} ships no preset")
-        assert plugin.preset is not None
         pipeline = plugin.preset(clock=VirtualClock())
         assert isinstance(pipeline, Pipeline)
         assert pipeline.env.vendor == plugin.name
@@ -457,7 +497,6 @@ class PluginConformance:
         plugin = self.plugin
         if plugin.preset is None or plugin.probe is None:
             self._skip(f"plugin {plugin.name!r} ships no preset or no probe path")
-        assert plugin.preset is not None
         assert plugin.probe is not None
         retry_codes = plugin.codes.codes_for(Action.RETRY)
         plan = FaultPlan(

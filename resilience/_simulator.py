@@ -39,7 +39,15 @@ import socket
 import threading
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from typing import Any, ClassVar
 
 import anyio
@@ -189,9 +197,13 @@ class RateLimit(_Scope):
     count. ``path=None`` covers resource paths only, as for faults.
     """
 
-    limit: int
+    limit: int = attrs.field(
+        validator=attrs.validators.and_(attrs.validators.instance_of(int), attrs.validators.ge(0))
+    )
     """Requests allowed per window."""
-    window: float = attrs.field(default=60.0, converter=_seconds)
+    window: float = attrs.field(
+        default=60.0, converter=_seconds, validator=attrs.validators.gt(0.0)
+    )
     """The window, in seconds."""
     name: str = ""
     """A label (``"query"``, ``"control"``, ``"token"``)."""
@@ -279,7 +291,7 @@ class _Headers(Mapping[str, str]):
     def __getitem__(self, key: str) -> str:
         return self._items[key.lower()]
 
-    def __iter__(self) -> Any:
+    def __iter__(self) -> Iterator[str]:
         return iter(self._items)
 
     def __len__(self) -> int:
@@ -295,7 +307,7 @@ class SimRequest:
     path: str
     """The URL path."""
     query: Mapping[str, str]
-    """Query parameters (the first value of each)."""
+    """Query parameters (the last value of a repeated one)."""
     headers: Mapping[str, str]
     """Headers, case-insensitive."""
     body: bytes = attrs.field(repr=False)
@@ -494,6 +506,8 @@ class Simulator:
     """What an outage answers, unless it says otherwise."""
     not_found_code: ClassVar[str] = "http:404"
     """What an unknown path answers."""
+    max_windows: ClassVar[int] = 10_000
+    """Rate-limit counters kept before past windows are dropped (bounded memory)."""
 
     _routes: ClassVar[tuple[_Route, ...]] = ()
 
@@ -685,7 +699,7 @@ class Simulator:
             for index, rule in enumerate(self.rate_limits):
                 if not rule.matches(request, is_auth=is_auth):
                     continue
-                window = rule.window if rule.window > 0 else 60.0
+                window = rule.window
                 slot = int(elapsed // window)
                 used = self._windows.get((index, key, slot), 0)
                 ends = (slot + 1) * window
@@ -703,10 +717,13 @@ class Simulator:
                 states.append(state)
                 if over and exceeded is None:
                     exceeded = state
-            if len(self._windows) > 10_000:
-                # Old windows are never read again: keep memory bounded in long runs.
-                current = int(elapsed // 60.0)
-                self._windows = {k: v for k, v in self._windows.items() if k[2] >= current - 1}
+            if len(self._windows) > self.max_windows:
+                # Past windows are never read again: keep memory bounded in long runs.
+                self._windows = {
+                    key: used
+                    for key, used in self._windows.items()
+                    if key[2] >= int(elapsed // self.rate_limits[key[0]].window)
+                }
         return states, exceeded
 
     async def handle(self, request: SimRequest) -> SimResponse:

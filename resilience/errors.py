@@ -30,7 +30,6 @@ from ._verdict import Problem, Verdict
 __all__ = [
     "AuthenticationError",
     "CircuitOpenError",
-    "ClassifierError",
     "ConfigurationError",
     "PartialFailureError",
     "PermanentError",
@@ -164,10 +163,6 @@ class AuthenticationError(ResilienceError):
 @_status_variant
 class PartialFailureError(ResilienceError):
     """A strict splitter saw parts that still failed; ``.response`` holds what worked."""
-
-
-class ClassifierError(ResilienceError):
-    """A classifier raised instead of returning a verdict."""
 
 
 def describe_failure(kind: str, problem: Problem | None, extra: str | None = None) -> str:

@@ -22,7 +22,6 @@ from resilience import (
 from resilience.errors import (
     AuthenticationError,
     CircuitOpenError,
-    ClassifierError,
     ConfigurationError,
     PartialFailureError,
     PermanentError,
@@ -102,7 +101,7 @@ async def call(
 def test_exception_tree() -> None:
     """Every error is a ResilienceError and an httpx.HTTPError; ConfigurationError is
     also a ValueError."""
-    for kind in (*WRAPPING, CircuitOpenError, ClassifierError, ConfigurationError):
+    for kind in (*WRAPPING, CircuitOpenError, ConfigurationError):
         assert issubclass(kind, ResilienceError)
         assert issubclass(kind, httpx.HTTPError)
     assert issubclass(ConfigurationError, ValueError)

@@ -582,3 +582,22 @@ async def test_zero_delay_retry_costs_one_checkpoint_and_no_sleep(
     await r.aclose()
     assert r.extensions["resilience"].delays == [0.0, 0.0]
     assert counts == {"checkpoint": 2, "sleep": 0}
+
+
+async def test_proportional_jitter_is_not_clipped_by_the_default_cap() -> None:
+    """With max_delay=100 and 30% proportional jitter, waits may reach 130 s."""
+    backoff = ExponentialBackoff(
+        initial=100.0,
+        max_delay=100.0,
+        jitter="proportional",
+        jitter_ratio=0.3,
+        rng=random.Random(7),
+    )
+    clock = VirtualClock()
+    inner = ScriptedTransport.of(reply(503))
+    retry = Retry(max_attempts=20, backoff=backoff, budget=None)
+    async with client_for(inner, retry, clock=clock) as client:
+        with pytest.raises(RetriesExhausted):
+            await client.get(URL)
+    assert all(100.0 <= d <= 130.0 for d in clock.sleeps)
+    assert max(clock.sleeps) > 110.0

@@ -374,3 +374,31 @@ async def test_serve_reports_a_failing_app() -> None:
 
     async with serve(broken) as base_url, httpx.AsyncClient(base_url=base_url) as client:
         assert (await client.get("/")).status_code == 500
+
+
+def test_rate_limit_validation() -> None:
+    """A limit is a non-negative integer per a positive window."""
+    with pytest.raises(ValueError, match="window"):
+        RateLimit(limit=1, window=0)
+    with pytest.raises(ValueError, match="limit"):
+        RateLimit(limit=-1)
+    with pytest.raises(TypeError):
+        RateLimit(limit=1.5)  # type: ignore[arg-type]
+
+
+async def test_rate_limit_memory_stays_bounded() -> None:
+    """Many clients over many windows: past windows are dropped."""
+
+    class Small(ToySimulator):
+        max_windows = 50
+
+    clock = VirtualClock()
+    sim = Small(clock=clock, plan=FaultPlan(token_ttl=10**6))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=sim), base_url=BASE) as c:
+        tokens = [sim.issue_token(f"client-{n}")[0] for n in range(20)]
+        for _ in range(10):
+            for token in tokens:
+                await c.post("/things", json={}, headers={"Authorization": f"Bearer {token}"})
+            clock.advance(60)
+    assert len(sim._windows) <= 50
+    assert all(r.status == 201 for r in sim.received)

@@ -10,7 +10,7 @@ behaves on each request that reaches it.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import anyio
@@ -364,7 +364,9 @@ async def test_no_narrow_means_report_only() -> None:
 async def test_narrowed_request_goes_through_retry_below() -> None:
     """A narrowed request that meets a 503 is retried by the Retry layer below it."""
     mesh = Mesh({"a": ["ok"], "b": ["retry", "ok"]})
-    plays = iter([mesh, lambda r: reply(503), mesh])
+    plays: Iterator[Callable[[httpx.Request], httpx.Response]] = iter(
+        [mesh, lambda r: reply(503), mesh]
+    )
 
     def answer(request: httpx.Request) -> httpx.Response:
         return next(plays)(request)
@@ -616,7 +618,7 @@ async def test_refresh_auth_on_a_narrowed_request_is_not_the_parts_fault() -> No
     go) frees the part's slot, records nothing, and ends the part's rounds."""
     registry = FakeRegistry()
     mesh = Mesh({"a": ["ok"], "b": ["retry", "ok"]})
-    plays = iter([mesh, lambda r: reply(401)])
+    plays: Iterator[Callable[[httpx.Request], httpx.Response]] = iter([mesh, lambda r: reply(401)])
 
     def answer(request: httpx.Request) -> httpx.Response:
         return next(plays, mesh)(request)
@@ -880,8 +882,9 @@ async def test_real_time_deadline_abandons_a_hanging_re_request() -> None:
 
     pipeline = Pipeline(
         [
-            Timeout(total=0.3),
-            PartialFailureSplitter(backoff=ExponentialBackoff(initial=0.0), reserve=0.2),
+            # Real time: the re-request may hang for 0.4 s, leaving 0.6 s to deliver.
+            Timeout(total=1.0),
+            PartialFailureSplitter(backoff=ExponentialBackoff(initial=0.0), reserve=0.6),
         ],
         classifier=MeshClassifier(),
         telemetry=False,

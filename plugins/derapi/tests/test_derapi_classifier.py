@@ -125,7 +125,7 @@ def test_validation_errors_become_field_errors() -> None:
 
 def test_extension_members_are_kept_as_details() -> None:
     """status and instance (and other extensions) are tolerated and kept in details."""
-    members = {"status": 404, "instance": "/x/1", "extra": {"k": 1}}
+    members: dict[str, Any] = {"status": 404, "instance": "/x/1", "extra": {"k": 1}}
     verdict = classify(problem("not-found", 404, **members))
     assert verdict.action is Action.FAIL
     assert verdict.problem is not None

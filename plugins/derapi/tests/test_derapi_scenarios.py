@@ -59,7 +59,8 @@ def make(
     pipeline = resilience.standard_pipeline(
         "derapi", auth=auth, clock=clock, telemetry=False, **overrides
     )
-    transport = resilience.ResilientTransport(pipeline, inner=httpx.ASGITransport(app=sim))
+    app: Any = sim  # an ASGI app (its Mapping-typed signature is wider than httpx's)
+    transport = resilience.ResilientTransport(pipeline, inner=httpx.ASGITransport(app=app))
     return httpx.AsyncClient(transport=transport, base_url=BASE), sim, clock
 
 
@@ -276,6 +277,7 @@ async def test_internal_error_is_retried_twice_then_permanent() -> None:
             await client.get(f"/sites/{site}")
     verdicts = caught.value.report.verdicts
     assert [v.action for v in verdicts] == [Action.RETRY, Action.RETRY, Action.FAIL]
+    assert caught.value.problem is not None
     assert caught.value.problem.code == type_uri("derapi-internal-error")
 
 
@@ -297,7 +299,9 @@ async def test_not_found_and_vcm() -> None:
             await client.get("/sites/site-doesnotexist")
         with pytest.raises(PermanentError) as vcm:
             await client.get("/vendor-credentials")
+    assert missing.value.problem is not None
     assert missing.value.problem.code == type_uri("not-found")
+    assert vcm.value.problem is not None
     assert vcm.value.problem.code == type_uri("vcm-not-configured")
     assert vcm.value.report.attempts == 1
     client, _, _ = make({"sma": Backend()}, sim_options={"vcm_configured": True})
@@ -332,7 +336,7 @@ async def test_api_version_and_bad_parameters() -> None:
 async def test_token_endpoint_errors() -> None:
     """Wrong credentials: a TokenFetchError naming derapi, never the secret; the
     endpoint speaks RFC 6749 errors."""
-    sim = resilience_derapi.simulator(client_id=CLIENT_ID, client_secret=SECRET)
+    sim: Any = resilience_derapi.simulator(client_id=CLIENT_ID, client_secret=SECRET)
     wrong = resilience_derapi.token_provider(
         client_id=CLIENT_ID, client_secret="wrong-one", base_url=BASE
     )

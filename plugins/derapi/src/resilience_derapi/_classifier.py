@@ -124,7 +124,7 @@ IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRAC
 """Methods a Derapi Internal Error may be retried for (besides requests that carry
 an ``Idempotency-Key``)."""
 
-#: Where the classifier counts the Derapi Internal Errors a request has seen.
+#: Where internal errors are counted when a body stream cannot be weakly referenced.
 INTERNAL_ERRORS_EXTENSION = "resilience.derapi.internal_errors"
 
 #: Backend keys the splitter may put in a ``vendor`` filter (the SDK's Vendor enum
