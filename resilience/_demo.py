@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -29,7 +30,7 @@ from ._verdict import Action
 __all__ = ["main"]
 
 DEMO_CLIENT_ID = "demo-client"
-DEMO_CLIENT_SECRET = "demo-secret-not-real"  # noqa: S105 - a simulator credential
+DEMO_CLIENT_SECRET = "demo-secret-not-real"
 
 
 def _demo_plugins(names: Sequence[str] | None) -> list[Any]:
@@ -145,10 +146,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("the demo needs uvicorn: pip install 'resilience[demo]'", file=sys.stderr)
         return 2
     if args.serve:
-        try:
+        with contextlib.suppress(KeyboardInterrupt):
             anyio.run(_serve_all, plugins)
-        except KeyboardInterrupt:
-            pass
         return 0
 
     async def run_all() -> None:
