@@ -223,9 +223,8 @@ class PluginConformance:
         )
         inner = ScriptedTransport.of(step)
         clock = VirtualClock()
-        backoff: Any = ExponentialBackoff(jitter="none")
         pipeline = Pipeline(
-            [Retry(max_attempts=2, backoff=backoff, budget=None)],
+            [Retry(max_attempts=2, backoff=ExponentialBackoff(jitter="none"), budget=None)],
             classifier=self.plugin.classifier,
             clock=clock,
             telemetry=False,

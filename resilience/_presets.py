@@ -20,7 +20,7 @@ from ._breaker import CircuitBreaker
 from ._classifier import Classifier, load_plugin
 from ._clock import Clock
 from ._pipeline import Pipeline
-from ._retry import ExponentialBackoff, Retry, RetryBudget
+from ._retry import Backoff, ExponentialBackoff, Retry, RetryBudget
 from ._timeout import Timeout
 from .errors import ConfigurationError
 
@@ -61,8 +61,8 @@ class PresetSettings:
     """Seconds one attempt may take."""
     max_attempts: int = attrs.field(default=3, validator=v.number(minimum=1, integer=True))
     """Attempts in all, the first included."""
-    backoff: Any = attrs.field(factory=ExponentialBackoff)
-    """The wait before each retry (a :class:`~resilience.Backoff`)."""
+    backoff: Backoff = attrs.field(factory=ExponentialBackoff)
+    """The wait before each retry."""
     retry_max_delay: float | None = attrs.field(
         default=None, validator=v.number(minimum=0, optional=True)
     )
