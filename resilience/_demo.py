@@ -118,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument("--vendor", action="append", help="a plugin name (repeatable)")
     demo.add_argument("--calls", type=int, default=30, help="calls per vendor (default 30)")
     demo.add_argument(
-        "--error-rate", type=float, default=0.3, help="injected transient errors (default 0.3)"
+        "--error-rate", type=float, default=0.2, help="injected transient errors (default 0.2)"
     )
     demo.add_argument("--seed", type=int, default=7, help="fault plan seed")
     demo.add_argument("--serve", action="store_true", help="only serve the simulators")

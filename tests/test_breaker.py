@@ -711,6 +711,22 @@ async def test_default_key_is_scheme_host_and_port() -> None:
     assert rig.registry.get("https://a.test:443").calls == 2
 
 
+@pytest.mark.parametrize(
+    ("url", "key"),
+    [
+        ("https://API.example.com/v1/x?q=1", "https://api.example.com:443"),
+        ("http://[::1]:8080/", "http://[::1]:8080"),
+        ("http://127.0.0.1/", "http://127.0.0.1:80"),
+    ],
+)
+async def test_default_key_spelling(url: str, key: str) -> None:
+    """Hosts are lowercased, IPv6 addresses bracketed, default ports spelled out."""
+    rig = Rig(breaker=CircuitBreaker(minimum_calls=1))
+    response = await rig.transport.handle_async_request(httpx.Request("GET", url))
+    await response.aclose()
+    assert list(rig.registry) == [key]
+
+
 async def test_custom_key_and_bypass() -> None:
     """``key=`` picks the circuit per request; returning None bypasses the breaker."""
 
@@ -814,6 +830,33 @@ async def test_a_call_outliving_its_forgotten_circuit_is_still_counted() -> None
     assert registry.get(key_of("a.test")).state is CircuitState.OPEN
 
 
+async def test_a_call_that_outlived_a_break_is_not_taken_for_a_probe() -> None:
+    """A call admitted while closed, ending during half-open, frees no probe slot."""
+    clock = VirtualClock()
+    gate = Gate(status=200)
+    pipeline = Pipeline([CircuitBreaker(minimum_calls=1)], clock=clock, telemetry=False)
+    transport = ResilientTransport(pipeline, inner=gate)
+    registry = CircuitRegistry.of(pipeline)
+    key = key_of("a.test")
+
+    async def slow_call() -> None:
+        response = await transport.handle_async_request(httpx.Request("GET", "https://a.test/"))
+        await response.aclose()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(slow_call)
+        await gate.arrived.wait()
+        await trip(pipeline)  # other callers fail meanwhile
+        clock.advance(30.0)
+        assert registry.allow(key) is None  # someone else's probe takes the slot
+        gate.release.set()
+    # The old call's success neither closed the circuit nor freed the probe's slot.
+    assert registry.get(key).state is CircuitState.HALF_OPEN
+    assert registry.allow(key) == 0.0
+    registry.record(key, OK)
+    assert registry.get(key).state is CircuitState.CLOSED
+
+
 async def test_registry_key_api_for_other_layers() -> None:
     """allow / record / release: what the splitter uses for per-part circuits."""
     clock = VirtualClock()
@@ -843,6 +886,10 @@ async def test_registry_key_api_for_other_layers() -> None:
     assert registry.get("derapi:enphase").state is CircuitState.OPEN
     registry.release("never-seen")  # harmless
     assert "never-seen" not in registry
+    # solis closed with a fresh (empty) window: forgotten when enphase was created.
+    assert list(registry) == ["derapi:enphase"]
+    assert len(registry) == 1
+    assert repr(registry).startswith("CircuitRegistry(1 circuit(s), CircuitBreaker(")
 
 
 async def test_registries_of_several_breaker_layers() -> None:
