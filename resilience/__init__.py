@@ -25,7 +25,10 @@ from ._classifier import (
     Classifier,
     HttpClassifier,
     available_classifiers,
+    classify_error,
+    classify_status,
     parse_retry_after,
+    retry_after_of,
 )
 from ._clock import Clock, SystemClock
 from ._events import (
@@ -115,6 +118,8 @@ __all__ = [
     "VendorPlugin",
     "Verdict",
     "available_classifiers",
+    "classify_error",
+    "classify_status",
     "errors",
     "jwt_expires_in",
     "merge_json",
@@ -123,6 +128,7 @@ __all__ = [
     "post_for_token",
     "render_json",
     "request_hook",
+    "retry_after_of",
     "standard_pipeline",
     "token_from_response",
 ]

@@ -567,7 +567,8 @@ async def post_for_token(
     status outside ``expect`` (its problem and its ``transient`` flag come from
     ``classifier``, so a vendor's rate-limit or server error is transient and
     ``AuthRefresh`` lets a Retry layer try again), or an answer that is not a JSON
-    object. Messages name the vendor's problem (code, request id), never the
+    object. The error does not carry the token request (its body holds the
+    secret); messages name the vendor's problem (code, request id), never the
     request body: values under keys naming a secret are also scrubbed from the
     vendor's text, in case it echoes them.
     """
@@ -590,7 +591,6 @@ async def post_for_token(
         raise TokenFetchError(
             f"{vendor} {what} failed: {type(exc).__name__}",
             transient=True,
-            request=request,
             problem=Problem(vendor=vendor, code=type(exc).__name__, title=f"{what} failed"),
         ) from None
     data = parse_json_object(response)
@@ -622,6 +622,5 @@ async def post_for_token(
         describe_failure(what, problem),
         transient=transient,
         retry_after=retry_after,
-        request=request,
         problem=problem,
     )

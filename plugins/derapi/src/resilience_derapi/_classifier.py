@@ -33,10 +33,12 @@ from resilience import (
     Problem,
     Split,
     Verdict,
+    classify_error,
+    classify_status,
     parse_json_object,
     render_json,
+    retry_after_of,
 )
-from resilience._classifier import classify_error, classify_status, retry_after_of
 
 __all__ = [
     "BACKEND_ERROR_NAMES",
