@@ -208,6 +208,7 @@ class _HttpPlugin:
 
     name = "http"
     classifier = HTTP_CLASSIFIER
+    description = "generic: status codes and Retry-After"
 
     def __repr__(self) -> str:
         return "<resilience plugin 'http'>"
