@@ -52,9 +52,10 @@ class PresetSettings:
     """
 
     total_timeout: float | None = attrs.field(
-        default=60.0, validator=v.number(minimum=0, exclusive_minimum=True, optional=True)
+        default=120.0, validator=v.number(minimum=0, exclusive_minimum=True, optional=True)
     )
-    """Seconds the whole call may take, sleeps included."""
+    """Seconds the whole call may take, sleeps included (room, by default, for a
+    60 s wait a server asks for and the attempt after it)."""
     attempt_timeout: float | None = attrs.field(
         default=10.0, validator=v.number(minimum=0, exclusive_minimum=True, optional=True)
     )
@@ -153,7 +154,7 @@ class PresetSettings:
 
 
 HTTP_PRESET = PresetSettings(
-    total_timeout=60.0,
+    total_timeout=120.0,
     attempt_timeout=10.0,
     max_attempts=3,
     backoff=ExponentialBackoff(initial=1.0, multiplier=2.0, max_delay=30.0, jitter="full"),

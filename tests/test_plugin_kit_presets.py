@@ -36,7 +36,7 @@ def test_layer_order_and_defaults() -> None:
     """Total timeout, retry, breaker, auth, attempt timeout: outermost first."""
     pipeline = PresetSettings().build("http", auth=StaticToken("t"), clock=VirtualClock())
     assert kinds(pipeline) == ["Timeout", "Retry", "CircuitBreaker", "AuthRefresh", "Timeout"]
-    assert pipeline.layers[0] == Timeout(total=60.0)
+    assert pipeline.layers[0] == Timeout(total=120.0)
     assert pipeline.layers[-1] == Timeout(attempt=10.0)
 
 

@@ -2,7 +2,7 @@
 
 Layers, outermost first:
 
-* ``Timeout(total=60)``;
+* ``Timeout(total=120)``: room for a 60 s server-requested wait and the attempt after it;
 * ``PartialFailureSplitter()``: a list with failed backends delivers what worked,
   re-asks each transiently failed backend alone (``vendor=`` filter) for up to 3
   rounds, with the same backoff as ``Retry``, and never re-asks a backend that
@@ -40,7 +40,7 @@ from ._classifier import DerapiClassifier
 __all__ = ["DERAPI_PRESET", "preset"]
 
 DERAPI_PRESET = PresetSettings(
-    total_timeout=60.0,
+    total_timeout=120.0,
     attempt_timeout=10.0,
     max_attempts=4,
     backoff=ExponentialBackoff(initial=1.0, multiplier=2.0, max_delay=30.0, jitter="full"),
