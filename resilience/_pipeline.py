@@ -304,6 +304,11 @@ class Pipeline:
         if instrument is not None and instrument.records():
             return await instrument.run_call(call, self._run)  # type: ignore[no-any-return]
         outcome = await self._chain(request, call)
+        error = outcome.error
+        if outcome.response is None and isinstance(error, errors.ResilienceError):
+            # A layer's own error with nothing to release (an open breaker): raise it
+            # here, without another coroutine frame on the fast-fail path.
+            raise _with_call(error, call)
         return await self._finish(call, outcome)
 
     async def _run(self, call: Call) -> httpx.Response:
@@ -356,10 +361,7 @@ class Pipeline:
         if isinstance(error, errors.ResilienceError):
             if response is not None and response is not error.response:
                 await outcome.aclose()  # the error does not hand it on: release it
-            error.report = report
-            if error._request is None:
-                error._request = call.request
-            raise error
+            raise _with_call(error, call)
         if response is not None and not self.raise_on_failure:
             response.extensions["resilience"] = report
             return response
@@ -368,6 +370,14 @@ class Pipeline:
         if view is not None:
             view.extensions = {**view.extensions, "resilience": report}
         raise _error_for(call, outcome.verdict, view) from error
+
+
+def _with_call(error: errors.ResilienceError, call: Call) -> errors.ResilienceError:
+    """``error`` with the call's report, and the caller's request when it had none."""
+    error.report = call.report
+    if error._request is None:
+        error._request = call.request
+    return error
 
 
 def _error_for(call: Call, verdict: Verdict, view: httpx.Response | None) -> errors.ResilienceError:
