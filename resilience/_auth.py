@@ -598,11 +598,14 @@ class _AuthHandler:
             return obtained
         outcome = await call_next(self._attach(request, obtained[0]), call)
         if outcome.verdict.action is Action.REFRESH_AUTH:
+            problem = outcome.verdict.problem
             logger.warning(
-                "resilience auth: %s %s rejected again after a token refresh (%s)",
+                "resilience auth: %s %s rejected again after a token refresh (%s)%s",
                 request.method,
                 request.url.host,
                 outcome.verdict.reason,
+                # The vendor's request id (Turris's requestId), for support tickets.
+                f" request_id={problem.request_id}" if problem and problem.request_id else "",
             )
         return outcome
 

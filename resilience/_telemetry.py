@@ -74,6 +74,12 @@ logger = logging.getLogger("resilience")
 RESEND_COUNT_EXTENSION = "resilience.resend_count"
 """The ``request.extensions`` key holding the attempt's resend count (0 first)."""
 
+_RESEND_ORIGIN_EXTENSION = "resilience.resend_origin"
+"""``id()`` of the caller's request whose call wrote the resend count: a request
+carrying a count written for another request is a redirect (httpx copies the
+extensions into the request it follows a redirect with); the same request sent
+again is a new call and starts from zero."""
+
 SCOPE = "resilience"
 """The instrumentation scope of every tracer and meter."""
 
@@ -125,6 +131,7 @@ SENSITIVE_QUERY_NAMES = frozenset(
         "apikey",
         "assertion",
         "auth",
+        "awsaccesskeyid",
         "authorization",
         "client_assertion",
         "client_secret",
@@ -305,8 +312,8 @@ def redact_url(url: httpx.URL) -> str:
 
     Userinfo becomes ``REDACTED:REDACTED``; the value of every query parameter
     whose name looks secret (``token``, ``access_token``, ``api_key``, ``key``,
-    ``sig``, ``signature``, ``password``, ``secret``, ``client_secret``, ``code``
-    and names containing ``token``, ``secret``, ``signature``, ...) becomes
+    ``sig``, ``signature``, ``password``, ``secret``, ``client_secret``, ``code``,
+    ``AWSAccessKeyId`` and names containing ``token``, ``secret``, ``signature``, ...) becomes
     ``REDACTED``; the fragment is dropped (it is never sent).
 
     Args:
@@ -387,6 +394,7 @@ class _CallTrace:
         "labels",
         "meters",
         "recording",
+        "resend_base",
         "span",
         "started",
         "token",
@@ -400,6 +408,7 @@ class _CallTrace:
         self.recording = False
         self.token: Token[Context] | None = None
         self.labels: dict[str, AttributeValue] = {}
+        self.resend_base = 0  # resends before this call: a redirect's call goes on counting
         self.started = time.perf_counter()
 
 
@@ -486,6 +495,16 @@ class Instrumentation:
                 return None  # inside an exporter's own requests, say
             state = _CallTrace(tracer, meters)
             request = call.request
+            extensions = request.extensions
+            prior = extensions.get(RESEND_COUNT_EXTENSION)
+            if (
+                isinstance(prior, int)
+                and prior >= 0
+                and extensions.get(_RESEND_ORIGIN_EXTENSION) != id(request)
+            ):
+                # httpx follows a redirect with a new request carrying these
+                # extensions: the HTTP conventions count a redirect as a resend.
+                state.resend_base = prior + 1
             if tracer is not None:
                 span = tracer.start_span(CALL_SPAN, kind=SpanKind.INTERNAL)
                 state.span = span
@@ -564,8 +583,11 @@ class Instrumentation:
     ) -> Outcome:
         """Run ``fn(request, call)`` (one attempt: send and classify) in a CLIENT span.
 
-        The resend count (0 for the call's first attempt) is written into
-        ``request.extensions["resilience.resend_count"]`` for :func:`request_hook`.
+        The resend count (0 for the call's first attempt; a redirect's call goes
+        on from the previous call's count) is written into
+        ``request.extensions["resilience.resend_count"]`` for :func:`request_hook`,
+        and into the caller's request, whose extensions httpx carries into the
+        request of a redirect.
 
         Args:
             call: the logical call (its report already counts this attempt).
@@ -575,11 +597,17 @@ class Instrumentation:
         Returns:
             The attempt's outcome.
         """
+        state: _CallTrace | None = call.trace
         resend = call.report.attempts - 1
-        request.extensions[RESEND_COUNT_EXTENSION] = resend
-        state = call.trace
         if state is None:
+            request.extensions[RESEND_COUNT_EXTENSION] = resend
             return await fn(request, call)
+        resend += state.resend_base
+        request.extensions[RESEND_COUNT_EXTENSION] = resend
+        origin = call.request
+        if origin is not request:  # AuthRefresh and the splitter send copies
+            origin.extensions[RESEND_COUNT_EXTENSION] = resend
+        origin.extensions[_RESEND_ORIGIN_EXTENSION] = id(origin)
         span, token = self._begin_attempt(state, request, resend)
         started = time.perf_counter()
         try:
@@ -751,7 +779,6 @@ class Instrumentation:
                 )
 
     def _on_partial(self, event: PartialFailureReported, call: Call | None) -> None:
-        failed = tuple(sorted(event.failures))
         if logger.isEnabledFor(logging.INFO):
             parts = ", ".join(
                 f"{key} ({verdict.reason}"
@@ -761,11 +788,12 @@ class Instrumentation:
             logger.info(
                 "resilience partial failure (vendor %s): %d part(s) failed: %s",
                 self.vendor,
-                len(failed),
+                len(event.failures),
                 parts,
             )
         span = _event_span(call)
         if span is not None:
+            failed = tuple(sorted(event.failures))
             span.add_event(PARTIAL_EVENT, {PARTIAL_FAILED: failed, PARTIAL_COUNT: len(failed)})
 
     # -- token refresh --

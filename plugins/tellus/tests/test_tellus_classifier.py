@@ -6,6 +6,7 @@ import httpx
 import pytest
 from resilience_tellus import TELLUS_CODES, TellusClassifier, TellusToken, simulator
 
+import resilience
 from resilience import (
     Action,
     AuthRefresh,
@@ -14,10 +15,11 @@ from resilience import (
     Pipeline,
     ResilientTransport,
     Retry,
+    StaticToken,
     Verdict,
 )
-from resilience.errors import AuthenticationError, PermanentError
-from resilience.testing import Fault, FaultPlan, VirtualClock
+from resilience.errors import AuthenticationError, PermanentError, RetriesExhausted
+from resilience.testing import Fault, FaultPlan, ScriptedTransport, VirtualClock, reply
 
 REQUEST = httpx.Request("GET", "https://api.tellus.test/v1/operator/sites")
 CLASSIFIER = TellusClassifier()
@@ -232,3 +234,64 @@ async def test_5001_waits_for_the_hint_then_succeeds() -> None:
         response = await client.get("/v1/operator/sites")
     assert response.status_code == 200
     assert response.extensions["resilience"].delays == [45.0]
+
+
+# ---- control POSTs: never replayed unless the user opts in ------------------------
+
+CONTROL = "https://api.tellus.test/v1/operator/devices/dvc_1/connectors/1/start"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("overrides", "headers", "replayed"),
+    [
+        ({}, {}, False),
+        ({"retry_non_idempotent": True}, {}, True),
+        ({"idempotent_methods": {"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "POST"}}, {}, True),
+        ({}, {"Idempotency-Key": "k-1"}, True),
+    ],
+    ids=["default", "retry_non_idempotent", "idempotent_methods", "idempotency-key"],
+)
+async def test_control_post_is_replayed_only_when_opted_in(
+    overrides: dict[str, object], headers: dict[str, str], replayed: bool
+) -> None:
+    """A 9001 on a control POST: the preset does not replay it (Tellus has no
+    idempotency key); ``retry_non_idempotent=True``, ``idempotent_methods`` with POST,
+    or a request's own ``Idempotency-Key`` header opt in, as the README says."""
+    ok = {"code": 0, "message": "success", "data": {"command_id": "cmd_1", "status": "queued"}}
+    inner = ScriptedTransport.of(
+        reply(500, json={"code": 9001, "message": "Internal server error"}), reply(200, json=ok)
+    )
+    pipeline = resilience.standard_pipeline(
+        "tellus", clock=VirtualClock(), breaker=None, **overrides
+    )
+    async with httpx.AsyncClient(transport=ResilientTransport(pipeline, inner=inner)) as client:
+        if replayed:
+            response = await client.post(CONTROL, json={"charge_power": 7.4}, headers=headers)
+            assert response.json()["code"] == 0
+            assert response.extensions["resilience"].attempts == 2
+        else:
+            with pytest.raises(RetriesExhausted) as caught:
+                await client.post(CONTROL, json={"charge_power": 7.4}, headers=headers)
+            assert caught.value.report.gave_up == "not_idempotent"
+            assert caught.value.report.attempts == 1
+    assert len(inner.requests) == (2 if replayed else 1)
+    assert inner.unclosed() == []
+
+
+@pytest.mark.anyio
+async def test_2002_on_a_control_post_is_refreshed_and_replayed() -> None:
+    """2002 on a control POST: refresh and replay (a 401 was not carried out), even
+    though the POST is never replayed for a 9001."""
+    ok = {"code": 0, "message": "success", "data": {"command_id": "cmd_1", "status": "queued"}}
+    inner = ScriptedTransport.of(
+        reply(401, json={"code": 2002, "message": "Token expired"}), reply(200, json=ok)
+    )
+    pipeline = resilience.standard_pipeline(
+        "tellus", auth=StaticToken("t"), clock=VirtualClock(), breaker=None
+    )
+    async with httpx.AsyncClient(transport=ResilientTransport(pipeline, inner=inner)) as client:
+        response = await client.post(CONTROL, json={"charge_power": 7.4})
+    assert response.json()["code"] == 0
+    assert len(inner.requests) == 2
+    assert inner.unclosed() == []

@@ -9,8 +9,18 @@ import httpx
 import pytest
 from resilience_turris import TURRIS_CODES, TurrisClassifier, rate_limit_reset
 
-from resilience import Action, ExponentialBackoff, Pipeline, ResilientTransport, Retry, Verdict
-from resilience.errors import PermanentError, RetriesExhausted
+import resilience
+from resilience import (
+    Action,
+    AuthRefresh,
+    ExponentialBackoff,
+    Pipeline,
+    ResilientTransport,
+    Retry,
+    StaticToken,
+    Verdict,
+)
+from resilience.errors import AuthenticationError, PermanentError, RetriesExhausted
 from resilience.testing import ScriptedTransport, VirtualClock, reply
 
 REQUEST = httpx.Request("GET", "https://public.api.live.turrisfi.com/v1/producers")
@@ -189,3 +199,59 @@ async def test_422_is_permanent() -> None:
         with pytest.raises(PermanentError, match=RID):
             await client.get("https://turris.test/v1/producers")
     assert len(inner.requests) == 1
+
+
+@pytest.mark.anyio
+async def test_request_id_in_the_second_rejection_log_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """unauthorized again after the one refresh: the warning AuthRefresh logs, and the
+    AuthenticationError, both name Turris's requestId."""
+    inner = ScriptedTransport.of(reply(401, json=body("unauthorized", 401)))
+    pipeline = Pipeline(
+        [Retry(max_attempts=4), AuthRefresh(StaticToken("jwt"))],
+        classifier="turris",
+        clock=VirtualClock(),
+    )
+    with caplog.at_level(logging.WARNING, logger="resilience"):
+        async with httpx.AsyncClient(transport=ResilientTransport(pipeline, inner=inner)) as c:
+            with pytest.raises(AuthenticationError) as caught:
+                await c.get("https://turris.test/v1/producers")
+    assert f"request_id={RID}" in str(caught.value)
+    lines = [r.getMessage() for r in caplog.records if "rejected again" in r.getMessage()]
+    assert lines
+    assert all(f"request_id={RID}" in line for line in lines), lines
+    assert len(inner.requests) == 2
+    assert inner.unclosed() == []
+
+
+WRITE_OK = {"statusCode": 200, "requestId": RID, "data": {}, "timestamp": "2025-01-30T09:58Z"}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("method", ["POST", "PUT", "PATCH", "DELETE"])
+@pytest.mark.parametrize("key", [None, "idempotency-key", "x-idempotency-key"])
+async def test_writes_are_retried_only_with_an_idempotency_key(method: str, key: str | None) -> None:
+    """The preset replays POST, PUT, PATCH and DELETE only when the request carries
+    ``idempotency-key`` or ``x-idempotency-key`` (Turris accepts both); GET always."""
+    inner = ScriptedTransport.of(
+        reply(500, json=body("internal_error", 500)), reply(200, json=WRITE_OK)
+    )
+    pipeline = resilience.standard_pipeline("turris", clock=VirtualClock(), breaker=None)
+    headers = {key: "6f1c7a0e-2d4b-4c1e-9a7d-0c2f3e4b5a69"} if key else {}
+    async with httpx.AsyncClient(transport=ResilientTransport(pipeline, inner=inner)) as client:
+        request = client.build_request(
+            method, "https://turris.test/v1/producers/p1", json={"npn": "1"}, headers=headers
+        )
+        if key is None:
+            with pytest.raises(RetriesExhausted) as caught:
+                await client.send(request)
+            assert caught.value.report.gave_up == "not_idempotent"
+            assert caught.value.report.attempts == 1
+            assert len(inner.requests) == 1
+        else:
+            response = await client.send(request)
+            assert response.status_code == 200
+            assert response.extensions["resilience"].attempts == 2
+            assert len(inner.requests) == 2
+    assert inner.unclosed() == []

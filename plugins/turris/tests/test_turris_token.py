@@ -147,3 +147,20 @@ def test_repr_and_url() -> None:
     assert SECRET not in repr(provider)
     assert provider.url == "https://t/v1/auth/jwt"
     assert TurrisToken(client_id=ID, client_secret=SECRET).url == TOKEN_PATH
+
+
+async def test_answer_without_token_names_the_request_id() -> None:
+    """A 201 without ``data.accessToken``: the error names Turris's requestId."""
+    rid = "dev-0b8f2c1e-4d7a-4e0b-9c3d-5a6b7c8d9e0f"
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(201, json={"statusCode": 201, "requestId": rid, "data": {}})
+
+    provider = TurrisToken(client_id=ID, client_secret=SECRET, token_url="https://t.test/jwt")
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
+        with pytest.raises(TokenFetchError) as caught:
+            await provider.fetch(http)
+    assert f"request_id={rid}" in str(caught.value)
+    assert caught.value.problem is not None
+    assert caught.value.problem.request_id == rid
+    assert SECRET not in str(caught.value)

@@ -14,6 +14,7 @@ import httpx
 
 from resilience import (
     Clock,
+    Problem,
     Secret,
     SystemClock,
     Token,
@@ -21,6 +22,7 @@ from resilience import (
     jwt_expires_in,
     post_for_token,
 )
+from resilience.errors import describe_failure
 
 from ._classifier import TurrisClassifier
 
@@ -86,9 +88,18 @@ class TurrisToken:
         inner = data.get("data")
         value = inner.get("accessToken") if isinstance(inner, dict) else None
         if not isinstance(value, str) or not value.strip():
+            # Name Turris's requestId (on every response) for a support ticket.
+            problem = Problem(
+                vendor="turris",
+                status=response.status_code,
+                code="invalid_token_response",
+                title="the answer has no data.accessToken",
+                request_id=_CLASSIFIER.str_field(data, "requestId", limit=200),
+            )
             raise TokenFetchError(
-                "turris token request: the answer has no data.accessToken",
+                describe_failure("turris token request", problem),
                 request=response.request,
+                problem=problem,
             )
         value = value.strip()
         life = jwt_expires_in(value, response=response)
