@@ -310,3 +310,653 @@ async def open_then_half_open(client: httpx.AsyncClient, pipeline: Pipeline, clo
 def tripping_breaker() -> CircuitBreaker:
     """A breaker that opens on the first failure, for 30 s."""
     return CircuitBreaker(failure_ratio=0.5, minimum_calls=1, break_duration=30.0)
+
+
+# --- (1) cancellation at every stage -------------------------------------------------
+
+
+async def test_cancel_during_token_fetch_frees_the_probe_and_the_auth_lock() -> None:
+    """A half-open probe cancelled while its token is being fetched releases both.
+
+    The next call is admitted as a probe (not "probes are busy"), fetches a token
+    itself (the refresh lock is free, the cancelled fetch left no token behind) and
+    closes the circuit.
+    """
+    clock = VirtualClock()
+    provider = Provider(expires_in=10.0)
+    wire = Wire(reply(503))
+    pipeline = full_stack(provider, clock=clock, breaker=tripping_breaker())
+    async with client_for(pipeline, wire) as client:
+        await open_then_half_open(client, pipeline, clock)  # t1 has expired meanwhile
+        entered = provider.hold_next()
+        await cancel_once(entered, lambda: get(client))
+        assert wire.count == 1  # the cancelled call never reached the wire
+
+        response = await get(client)
+
+        assert response.status_code == 200
+        assert response.extensions["resilience"].attempts == 1
+    assert provider.fetches == 3
+    assert wire.tokens()[-1] == "Bearer t3"
+    assert circuit(pipeline).state is CircuitState.CLOSED
+    assert wire.unclosed() == []
+
+
+async def test_cancel_during_an_attempt_frees_the_probe() -> None:
+    """A half-open probe cancelled on the wire frees its slot; the next call probes."""
+    clock = VirtualClock()
+    provider = Provider()
+    wire = Wire(reply(503))
+    pipeline = full_stack(provider, clock=clock, breaker=tripping_breaker())
+    async with client_for(pipeline, wire) as client:
+        await open_then_half_open(client, pipeline, clock)
+        entered = wire.hold_next()
+        await cancel_once(entered, lambda: get(client))
+        assert circuit(pipeline).state is CircuitState.HALF_OPEN
+
+        response = await get(client)
+
+        assert response.status_code == 200
+    assert circuit(pipeline).state is CircuitState.CLOSED
+    assert provider.fetches == 1
+    assert wire.count == 3
+    assert wire.unclosed() == []
+
+
+async def test_cancel_while_reading_a_body_closes_the_response() -> None:
+    """A probe cancelled while its response body streams in: body closed, slot freed."""
+    clock = VirtualClock()
+    provider = Provider()
+    stream = HangingStream(json.dumps(OK_BODY).encode())
+    wire = Wire(reply(503), lambda request: httpx.Response(200, stream=stream))
+    pipeline = full_stack(provider, clock=clock, breaker=tripping_breaker())
+    async with client_for(pipeline, wire) as client:
+        await open_then_half_open(client, pipeline, clock)
+        await cancel_once(stream.started, lambda: get(client))
+        assert stream.closed
+
+        response = await get(client)
+
+        assert response.json() == OK_BODY
+    assert circuit(pipeline).state is CircuitState.CLOSED
+    assert wire.unclosed() == []
+
+
+async def test_cancel_while_reading_a_streamed_success_body_closes_it() -> None:
+    """With a classifier that leaves 2xx bodies unread, a cancelled read closes them too.
+
+    Here the pipeline hands the unread response to httpx, which streams it for the
+    caller; cancelling that read must still release the connection.
+    """
+    clock = VirtualClock()
+    provider = Provider()
+    stream = HangingStream(json.dumps(OK_BODY).encode())
+    wire = Wire(lambda request: httpx.Response(200, stream=stream))
+    pipeline = full_stack(provider, clock=clock, classifier="http")
+    async with client_for(pipeline, wire) as client:
+        await cancel_once(stream.started, lambda: get(client))
+        assert stream.closed
+        response = await get(client)
+        assert response.json() == OK_BODY
+    assert wire.unclosed() == []
+
+
+async def test_cancel_during_a_backoff_sleep() -> None:
+    """A call cancelled while Retry sleeps leaves nothing open; the next call works."""
+    clock = PausingClock()
+    provider = Provider()
+    wire = Wire(reply(503))
+    pipeline = full_stack(provider, clock=clock)
+    async with client_for(pipeline, wire) as client:
+        entered = clock.hold_next_sleep()
+        await cancel_once(entered, lambda: get(client))
+        assert clock.sleeps == [1.0]
+
+        response = await get(client)
+
+        assert response.status_code == 200
+        assert response.extensions["resilience"].attempts == 1
+    assert wire.count == 2
+    assert wire.unclosed() == []
+    assert circuit(pipeline).calls == 2  # the 503 and the 200; the cancel counts nothing
+
+
+async def test_cancel_during_a_half_open_probes_backoff_then_new_probe() -> None:
+    """A probe that failed (reopening the breaker) and is cancelled in its backoff.
+
+    Once the longer break is over, the breaker admits a new probe.
+    """
+    clock = PausingClock()
+    provider = Provider()
+    wire = Wire(reply(503), reply(503))
+    pipeline = full_stack(provider, clock=clock, breaker=tripping_breaker())
+    async with client_for(pipeline, wire) as client:
+        await open_then_half_open(client, pipeline, clock)
+        entered = clock.hold_next_sleep()
+        await cancel_once(entered, lambda: get(client))
+        assert circuit(pipeline).state is CircuitState.OPEN
+        clock.advance(circuit(pipeline).retry_after)
+
+        response = await get(client)
+
+        assert response.status_code == 200
+    assert circuit(pipeline).state is CircuitState.CLOSED
+    assert wire.unclosed() == []
+
+
+async def test_cancel_during_a_splitter_re_request_frees_the_part_probe() -> None:
+    """A narrowed re-request cancelled on the wire frees its part's probe slot.
+
+    The part ``solis`` fails in the first answer, which opens its own breaker (one
+    failure is enough here); the round's backoff outlasts the break, so the
+    re-request is that breaker's half-open probe. Cancelled, it must give the slot
+    back; the original answer's body is closed.
+    """
+    clock = VirtualClock()
+    provider = Provider()
+    wire = Wire(split_body([{"id": 1}], ["solis"]))
+    breaker = CircuitBreaker(failure_ratio=0.5, minimum_calls=1, break_duration=1.0)
+    pipeline = full_stack(provider, clock=clock, breaker=breaker)
+    part_key = "parts:solis"
+    async with client_for(pipeline, wire) as client:
+        entered = wire.hold_next(lambda request: request.url.params.get("part") == "solis")
+        await cancel_once(entered, lambda: get(client))
+        assert wire.count == 2
+        registry = CircuitRegistry.of(pipeline)
+        assert registry.get(part_key).state is CircuitState.HALF_OPEN
+        assert registry.allow(part_key) is None  # a probe slot is free
+        registry.release(part_key)
+
+        response = await get(client)
+
+        assert response.json() == OK_BODY
+    assert wire.unclosed() == []
+
+
+async def test_cancel_during_a_derapi_re_request() -> None:
+    """The Derapi preset: a backend re-asked alone, cancelled in flight, leaks nothing."""
+    clock = VirtualClock()
+    provider = Provider(expires_in=3600.0)
+    partial = {
+        "sites": [{"id": "s1", "vendor": "sma"}],
+        "errors": {"solis": "Backend Server Error: upstream 502"},
+    }
+    whole = {"sites": [{"id": "s1", "vendor": "sma"}, {"id": "s2", "vendor": "solis"}]}
+    wire = Wire(reply(200, json=partial), default=lambda request: reply(200, json=whole))
+    pipeline = resilience.standard_pipeline("derapi", auth=provider, clock=clock)
+    url = "https://api.derapi.test/sites"
+    async with client_for(pipeline, wire) as client:
+        entered = wire.hold_next(lambda request: request.url.params.get("vendor") == "solis")
+        await cancel_once(entered, lambda: get(client, url))
+        assert [r.url.params.get("vendor") for r, _ in wire.sent] == [None, "solis"]
+
+        response = await get(client, url)
+
+        assert response.json() == whole
+        assert response.extensions["resilience"].attempts == 1
+    assert provider.fetches == 1
+    assert wire.unclosed() == []
+
+
+# --- (2) a crowd with an expired token ------------------------------------------------
+
+
+async def test_500_concurrent_calls_with_an_expired_token_fetch_once() -> None:
+    """500 calls at once after the token expired: one fetch, 500 successes, 1 attempt each."""
+    clock = VirtualClock()
+    provider = Provider(expires_in=60.0)
+    wire = Wire()
+    pipeline = full_stack(provider, clock=clock)
+    responses: list[httpx.Response] = []
+    async with client_for(pipeline, wire) as client:
+        await get(client)  # t1
+        clock.advance(120.0)
+
+        async def one() -> None:
+            responses.append(await client.get(URL))
+
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                for _ in range(500):
+                    tg.start_soon(one)
+
+    assert provider.fetches == 2
+    assert len(responses) == 500
+    assert all(r.status_code == 200 for r in responses)
+    assert all(r.extensions["resilience"].attempts == 1 for r in responses)
+    assert all(actions(r.extensions["resilience"]) == [Action.ACCEPT] for r in responses)
+    assert wire.tokens()[1:] == ["Bearer t2"] * 500
+    assert wire.unclosed() == []
+
+
+async def test_500_concurrent_calls_rejected_with_401_refresh_once() -> None:
+    """500 calls whose token the server revoked: one refresh, each replayed once."""
+    clock = VirtualClock()
+    provider = Provider()
+    revoked: set[str] = set()
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.headers.get("authorization") in revoked:
+            return reply(401)
+        return reply(200, json=OK_BODY)
+
+    wire = Wire(default=answer)
+    pipeline = full_stack(provider, clock=clock)
+    responses: list[httpx.Response] = []
+    async with client_for(pipeline, wire) as client:
+        await get(client)  # fetches t1 (accepted until now)
+        revoked.add("Bearer t1")
+
+        async def one() -> None:
+            responses.append(await client.get(URL))
+
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                for _ in range(500):
+                    tg.start_soon(one)
+
+    assert provider.fetches == 2
+    assert all(r.status_code == 200 for r in responses)
+    reports = [r.extensions["resilience"] for r in responses]
+    assert all(report.attempts == 2 for report in reports)
+    assert all(actions(report) == [Action.REFRESH_AUTH, Action.ACCEPT] for report in reports)
+    assert all(report.delays == [] for report in reports)
+    assert wire.unclosed() == []
+    assert circuit(pipeline).failure_ratio == 0.0
+
+
+# --- (3) an auth replay that meets a 503 ----------------------------------------------
+
+
+async def test_auth_replay_hits_503_then_retry_succeeds() -> None:
+    """401, refresh, replay gets 503, backoff, retry succeeds: the report tells it all.
+
+    The breaker sees two calls: the replay's 503 (a failure) and the retry's 200
+    (a success); the 401 counts neither way.
+    """
+    clock = VirtualClock()
+    provider = Provider()
+    wire = Wire(reply(401), reply(503), reply(200, json=OK_BODY))
+    pipeline = full_stack(provider, clock=clock)
+    async with client_for(pipeline, wire) as client:
+        response = await get(client)
+    report = response.extensions["resilience"]
+    assert response.json() == OK_BODY
+    assert report.attempts == 3
+    assert report.delays == [1.0]
+    assert actions(report) == [Action.REFRESH_AUTH, Action.RETRY, Action.ACCEPT]
+    assert report.gave_up is None
+    assert clock.sleeps == [1.0]
+    assert wire.tokens() == ["Bearer t1", "Bearer t2", "Bearer t2"]
+    assert provider.fetches == 2
+    assert circuit(pipeline).calls == 2
+    assert circuit(pipeline).failure_ratio == 0.5
+    assert wire.unclosed() == []
+
+
+async def test_second_401_counts_neither_way_in_the_breaker() -> None:
+    """A call rejected twice is an AuthenticationError, and no breaker failure."""
+    clock = VirtualClock()
+    provider = Provider()
+    wire = Wire(reply(401), reply(401))
+    pipeline = full_stack(provider, clock=clock)
+    async with client_for(pipeline, wire) as client:
+        with pytest.raises(AuthenticationError) as caught:
+            await get(client)
+    report = caught.value.report
+    assert report.attempts == 2
+    assert actions(report) == [Action.REFRESH_AUTH, Action.REFRESH_AUTH]
+    assert report.delays == []
+    assert caught.value.response is not None
+    assert caught.value.response.status_code == 401
+    assert circuit(pipeline).calls == 0
+    assert wire.unclosed() == []
+
+
+@pytest.mark.parametrize(
+    ("vendor", "rejected", "failed", "ok"),
+    [
+        (
+            "tellus",
+            reply(401, json={"code": 2002, "message": "Token expired", "details": {}}),
+            reply(500, json={"code": 9001, "message": "Internal server error", "details": {}}),
+            reply(200, json={"code": 0, "message": "ok", "data": {"devices": []}}),
+        ),
+        (
+            "turris",
+            reply(
+                401,
+                json={
+                    "statusCode": 401,
+                    "requestId": "req-1",
+                    "errorType": "unauthorized",
+                    "errorMessage": ["token expired"],
+                    "timestamp": "2024-01-01T00:00:00Z",
+                },
+            ),
+            reply(
+                503,
+                json={
+                    "statusCode": 503,
+                    "requestId": "req-2",
+                    "errorType": "internal_error",
+                    "errorMessage": ["try later"],
+                    "timestamp": "2024-01-01T00:00:00Z",
+                },
+            ),
+            reply(200, json={"data": []}),
+        ),
+        ("derapi", reply(401), reply(502, json={"type": "https://docs.derapi.com/reference/errors#backend-server-error", "title": "Backend Server Error"}), reply(200, json={"sites": []})),
+    ],
+)
+async def test_presets_replay_after_refresh_then_retry(
+    vendor: str, rejected: httpx.Response, failed: httpx.Response, ok: httpx.Response
+) -> None:
+    """Each vendor preset: rejected token, refresh, replay fails transiently, retry wins."""
+    clock = VirtualClock()
+    provider = Provider(expires_in=3600.0)
+    wire = Wire(rejected, failed, ok)
+    pipeline = resilience.standard_pipeline(vendor, auth=provider, clock=clock)
+    async with client_for(pipeline, wire) as client:
+        response = await get(client, f"https://api.{vendor}.test/v1/things")
+        await response.aread()
+    report = response.extensions["resilience"]
+    assert response.status_code == 200
+    assert report.attempts == 3
+    assert actions(report) == [Action.REFRESH_AUTH, Action.RETRY, Action.ACCEPT]
+    assert len(report.delays) == 1
+    assert provider.fetches == 2
+    assert wire.tokens() == ["Bearer t1", "Bearer t2", "Bearer t2"]
+    assert wire.unclosed() == []
+    registry = CircuitRegistry.of(pipeline)
+    assert registry.get(f"https://api.{vendor}.test:443").calls == 2
+    assert registry.get(f"https://api.{vendor}.test:443").failure_ratio == 0.5
+
+
+# --- (4) the deadline during a long backoff --------------------------------------------
+
+
+async def test_deadline_on_a_virtual_clock_gives_up_before_sleeping() -> None:
+    """A backoff that cannot fit in what is left of total= is never slept."""
+    clock = VirtualClock()
+    provider = Provider()
+    wire = Wire(reply(503, headers={"Retry-After": "45"}))
+    pipeline = full_stack(provider, clock=clock, total=30.0)
+    async with client_for(pipeline, wire) as client:
+        with pytest.raises(RetriesExhausted) as caught:
+            await get(client)
+    report = caught.value.report
+    assert report.gave_up == "deadline"
+    assert report.attempts == 1
+    assert report.delays == []
+    assert actions(report) == [Action.RETRY]
+    assert clock.sleeps == []
+    assert caught.value.response is not None
+    assert caught.value.response.status_code == 503
+    assert wire.unclosed() == []
+
+
+async def test_deadline_by_the_real_cancel_scope_during_a_backoff() -> None:
+    """A backoff sleep that overruns total= in real time is cut by the cancel scope.
+
+    The virtual deadline lets the 0.02 s wait start; the sleep then hangs, and the
+    real 0.05 s scope of Timeout(total=...) ends the call.
+    """
+    clock = PausingClock()
+    provider = Provider()
+    wire = Wire(reply(503))
+    quick = ExponentialBackoff(initial=0.02, multiplier=2.0, max_delay=1.0, jitter="none")
+    pipeline = full_stack(provider, clock=clock, total=0.05, retry=Retry(backoff=quick))
+    clock.hold_next_sleep()
+    async with client_for(pipeline, wire) as client:
+        with pytest.raises(RetriesExhausted) as caught:
+            await get(client)
+    report = caught.value.report
+    assert report.gave_up == "deadline"
+    assert report.attempts == 1
+    assert actions(report) == [Action.RETRY]
+    assert wire.count == 1
+    assert wire.unclosed() == []
+    assert circuit(pipeline).calls == 1
+
+
+async def test_deadline_by_the_real_cancel_scope_during_an_attempt() -> None:
+    """The total timeout firing on the wire classifies that attempt once, as a timeout."""
+    clock = VirtualClock()
+    provider = Provider()
+    wire = Wire()
+    wire.hold_next()
+    pipeline = full_stack(provider, clock=clock, total=0.05)
+    async with client_for(pipeline, wire) as client:
+        with pytest.raises(RetriesExhausted) as caught:
+            await get(client)
+        report = caught.value.report
+        assert report.gave_up == "deadline"
+        assert report.attempts == 1
+        assert actions(report) == [Action.RETRY]
+        assert report.verdicts[0].problem is not None
+        assert report.verdicts[0].problem.code == "TimeoutException"
+        assert circuit(pipeline).calls == 0  # a cancelled attempt counts neither way
+        assert (await get(client)).status_code == 200
+    assert wire.unclosed() == []
+
+
+# --- (5) a breaker that opens mid-burst ------------------------------------------------
+
+
+async def test_breaker_opens_mid_burst_then_fails_fast_then_probes() -> None:
+    """Failures open the breaker mid-burst; later calls never reach the wire.
+
+    Retry does not retry into the open breaker: the call that met it ends at once,
+    and calls made while it is open sleep nothing. After the break, one probe
+    passes and closes it.
+    """
+    clock = VirtualClock()
+    provider = Provider()
+    wire = Wire(default=lambda request: reply(503))
+    breaker = CircuitBreaker(failure_ratio=0.5, minimum_calls=4, break_duration=30.0)
+    pipeline = full_stack(provider, clock=clock, breaker=breaker)
+    async with client_for(pipeline, wire) as client:
+        with pytest.raises(RetriesExhausted) as first:
+            await get(client)
+        assert first.value.report.attempts == 3
+        with pytest.raises(CircuitOpenError) as tripped:
+            await get(client)  # its first attempt is the fourth failure
+        assert tripped.value.report.attempts == 1
+        assert tripped.value.report.delays == [1.0]
+        assert wire.count == 4
+        assert circuit(pipeline).state is CircuitState.OPEN
+
+        sleeps = len(clock.sleeps)
+        for _ in range(5):
+            with pytest.raises(CircuitOpenError) as rejected:
+                await get(client)
+            assert rejected.value.report.attempts == 0
+            assert rejected.value.report.delays == []
+            assert rejected.value.key == HOST_KEY
+            assert 0 < rejected.value.retry_after <= 30.0
+        assert wire.count == 4
+        assert len(clock.sleeps) == sleeps
+
+        clock.advance(circuit(pipeline).retry_after)
+        wire.default = lambda request: reply(200, json=OK_BODY)
+        response = await get(client)
+        assert response.json() == OK_BODY
+        assert circuit(pipeline).state is CircuitState.CLOSED
+    assert wire.count == 5
+    assert provider.fetches == 1
+    assert wire.unclosed() == []
+
+
+async def test_half_open_admits_one_probe_at_a_time() -> None:
+    """While the probe is in flight, a second call fails fast ("probes are busy")."""
+    clock = VirtualClock()
+    provider = Provider()
+    wire = Wire(reply(503))
+    pipeline = full_stack(provider, clock=clock, breaker=tripping_breaker())
+    async with client_for(pipeline, wire) as client:
+        await open_then_half_open(client, pipeline, clock)
+        entered = wire.hold_next()
+        release = anyio.Event()
+        results: list[httpx.Response] = []
+
+        async def probe() -> None:
+            results.append(await client.get(URL))
+
+        with anyio.fail_after(GUARD):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(probe)
+                await entered.wait()
+                with pytest.raises(CircuitOpenError) as busy:
+                    await client.get(URL)
+                assert busy.value.retry_after == 0.0
+                assert busy.value.report.attempts == 0
+                release.set()
+                tg.cancel_scope.cancel()
+        # The probe was cancelled: the next call is the probe, and it closes the circuit.
+        assert (await get(client)).status_code == 200
+    assert circuit(pipeline).state is CircuitState.CLOSED
+    assert wire.unclosed() == []
+
+
+# --- (6) raise_on_failure=False ----------------------------------------------------------
+
+
+async def test_raise_on_failure_false_returns_fail_response() -> None:
+    """A FAIL (404) comes back as the response, with its report, readable."""
+    clock = VirtualClock()
+    wire = Wire(reply(404, json={"error": "no such thing"}))
+    pipeline = full_stack(Provider(), clock=clock, raise_on_failure=False)
+    async with client_for(pipeline, wire) as client:
+        response = await get(client)
+    assert response.status_code == 404
+    assert response.json() == {"error": "no such thing"}
+    report = response.extensions["resilience"]
+    assert report.attempts == 1
+    assert actions(report) == [Action.FAIL]
+    assert wire.unclosed() == []
+
+
+async def test_raise_on_failure_false_returns_exhausted_retry_response() -> None:
+    """RETRY until max_attempts: the last 503 comes back, the report says why."""
+    clock = VirtualClock()
+    wire = Wire(reply(503, content="a"), reply(503, content="b"), reply(503, content="c"))
+    pipeline = full_stack(Provider(), clock=clock, raise_on_failure=False)
+    async with client_for(pipeline, wire) as client:
+        response = await get(client)
+    assert response.status_code == 503
+    assert response.text == "c"
+    report = response.extensions["resilience"]
+    assert report.attempts == 3
+    assert report.delays == [1.0, 2.0]
+    assert report.gave_up == "max_attempts"
+    assert actions(report) == [Action.RETRY] * 3
+    assert wire.unclosed() == []
+
+
+async def test_raise_on_failure_false_returns_second_rejection() -> None:
+    """Rejected after a refresh: the second 401 comes back, with both attempts reported."""
+    clock = VirtualClock()
+    provider = Provider()
+    wire = Wire(reply(401, content="first"), reply(401, content="second"))
+    pipeline = full_stack(provider, clock=clock, raise_on_failure=False)
+    async with client_for(pipeline, wire) as client:
+        response = await get(client)
+    assert response.status_code == 401
+    assert response.text == "second"
+    report = response.extensions["resilience"]
+    assert report.attempts == 2
+    assert actions(report) == [Action.REFRESH_AUTH, Action.REFRESH_AUTH]
+    assert provider.fetches == 2
+    assert wire.unclosed() == []
+
+
+async def test_raise_on_failure_false_with_a_deadline() -> None:
+    """A deadline that stops the retries returns the last response, gave_up included."""
+    clock = VirtualClock()
+    wire = Wire(reply(503, headers={"Retry-After": "50"}))
+    pipeline = full_stack(Provider(), clock=clock, total=30.0, raise_on_failure=False)
+    async with client_for(pipeline, wire) as client:
+        response = await get(client)
+    assert response.status_code == 503
+    assert response.extensions["resilience"].gave_up == "deadline"
+    assert wire.unclosed() == []
+
+
+# --- (7) request bodies ------------------------------------------------------------------
+
+
+async def test_post_with_idempotency_key_replays_the_same_body() -> None:
+    """A keyed POST through auth replay and retry carries the same body and key each time."""
+    clock = VirtualClock()
+    provider = Provider()
+    wire = Wire(reply(401), reply(503), reply(201, json={"id": 7}))
+    pipeline = full_stack(provider, clock=clock)
+    body = b'{"name": "pump"}'
+    async with client_for(pipeline, wire) as client:
+        with anyio.fail_after(GUARD):
+            response = await client.post(
+                URL, content=body, headers={"Idempotency-Key": "k-1", "Content-Type": "x/y"}
+            )
+    assert response.status_code == 201
+    assert response.extensions["resilience"].attempts == 3
+    assert [sent for _, sent in wire.sent] == [body] * 3
+    assert [r.headers["idempotency-key"] for r, _ in wire.sent] == ["k-1"] * 3
+    assert [r.headers["content-length"] for r, _ in wire.sent] == [str(len(body))] * 3
+    assert wire.tokens() == ["Bearer t1", "Bearer t2", "Bearer t2"]
+    assert wire.unclosed() == []
+
+
+async def test_post_without_key_is_not_retried_but_is_auth_replayed() -> None:
+    """An unkeyed POST: the 401 replay sends it again (nothing ran), a 503 does not."""
+    clock = VirtualClock()
+    wire = Wire(reply(401), reply(503))
+    pipeline = full_stack(Provider(), clock=clock)
+    async with client_for(pipeline, wire) as client:
+        with pytest.raises(RetriesExhausted) as caught:
+            with anyio.fail_after(GUARD):
+                await client.post(URL, content=b"x")
+    assert caught.value.report.gave_up == "not_idempotent"
+    assert caught.value.report.attempts == 2
+    assert [sent for _, sent in wire.sent] == [b"x", b"x"]
+    assert wire.unclosed() == []
+
+
+async def _chunks() -> AsyncIterator[bytes]:
+    yield b"part-1;"
+    yield b"part-2"
+
+
+async def test_streaming_body_is_never_replayed_by_auth() -> None:
+    """A streamed body rejected with 401: the token is refreshed, the body not resent."""
+    clock = VirtualClock()
+    provider = Provider()
+    wire = Wire(reply(401))
+    pipeline = full_stack(provider, clock=clock)
+    async with client_for(pipeline, wire) as client:
+        with pytest.raises(AuthenticationError) as caught:
+            with anyio.fail_after(GUARD):
+                await client.post(URL, content=_chunks(), headers={"Idempotency-Key": "k"})
+        assert caught.value.report.attempts == 1
+        assert [sent for _, sent in wire.sent] == [b"part-1;part-2"]
+        assert provider.fetches == 2  # refreshed for the next call
+        assert (await get(client)).status_code == 200
+    assert wire.tokens()[-1] == "Bearer t2"
+    assert provider.fetches == 2
+    assert wire.unclosed() == []
+
+
+async def test_streaming_body_is_never_replayed_by_retry() -> None:
+    """A streamed, keyed POST that gets a 503 is not retried: its body is gone."""
+    clock = VirtualClock()
+    wire = Wire(reply(503))
+    pipeline = full_stack(Provider(), clock=clock)
+    async with client_for(pipeline, wire) as client:
+        with pytest.raises(RetriesExhausted) as caught:
+            with anyio.fail_after(GUARD):
+                await client.post(URL, content=_chunks(), headers={"Idempotency-Key": "k"})
+    assert caught.value.report.gave_up == "body_not_replayable"
+    assert caught.value.report.attempts == 1
+    assert clock.sleeps == []
+    assert wire.count == 1
+    assert wire.unclosed() == []

@@ -517,3 +517,20 @@ def test_render_lists_only_the_backends_that_still_failed() -> None:
         "sites": [{"id": "s"}],
         "errors": {"solis": "Unauthorized: https://x", "tesla": "fail"},
     }
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_vendor_unauthorized_wins_over_token_hints(status: int) -> None:
+    """An ``#unauthorized`` problem stays FAIL even when the response also looks like
+    a token problem (``WWW-Authenticate: invalid_token``, a detail saying "token
+    expired"): the type decides, never a refresh of our token."""
+    response = problem(
+        "unauthorized",
+        status,
+        detail="Vendor token expired: https://www.soliscloud.com:13333/v1/api/inverterList",
+        headers={"www-authenticate": 'Bearer error="invalid_token"'},
+    )
+    verdict = classify(response)
+    assert verdict.action is Action.FAIL
+    assert verdict.problem is not None
+    assert verdict.problem.code == type_uri("unauthorized")

@@ -6,6 +6,7 @@ Most scenarios run the simulator in-process (``httpx.ASGITransport``) on the sam
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Mapping
 from typing import Any
 
@@ -417,3 +418,28 @@ async def test_end_to_end_over_loopback() -> None:
     assert one.json()["id"] == site
     assert len(clock.sleeps) == 3
     assert sim.tokens_issued == 1
+
+
+async def test_token_request_is_a_form_with_http_basic() -> None:
+    """The token flow on the wire: ``POST /oauth2/token``, form body
+    ``grant_type=client_credentials`` only, the id and secret in HTTP Basic; the life
+    is ``expires_in``."""
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(
+            200, json={"access_token": "eyJ.x.y", "token_type": "Bearer", "expires_in": 3600}
+        )
+
+    provider = resilience_derapi.token_provider(client_id=CLIENT_ID, client_secret=SECRET)
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
+        token = await provider.fetch(http)
+    assert (token.value, token.expires_in) == ("eyJ.x.y", 3600)
+    [request] = seen
+    assert (request.method, str(request.url)) == ("POST", "https://api.derapi.com/oauth2/token")
+    assert request.headers["content-type"] == "application/x-www-form-urlencoded"
+    assert request.content == b"grant_type=client_credentials"
+    scheme, _, encoded = request.headers["authorization"].partition(" ")
+    assert scheme == "Basic"
+    assert base64.b64decode(encoded).decode() == f"{CLIENT_ID}:{SECRET}"

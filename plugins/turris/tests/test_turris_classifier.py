@@ -231,7 +231,9 @@ WRITE_OK = {"statusCode": 200, "requestId": RID, "data": {}, "timestamp": "2025-
 @pytest.mark.anyio
 @pytest.mark.parametrize("method", ["POST", "PUT", "PATCH", "DELETE"])
 @pytest.mark.parametrize("key", [None, "idempotency-key", "x-idempotency-key"])
-async def test_writes_are_retried_only_with_an_idempotency_key(method: str, key: str | None) -> None:
+async def test_writes_are_retried_only_with_an_idempotency_key(
+    method: str, key: str | None
+) -> None:
     """The preset replays POST, PUT, PATCH and DELETE only when the request carries
     ``idempotency-key`` or ``x-idempotency-key`` (Turris accepts both); GET always."""
     inner = ScriptedTransport.of(
