@@ -361,12 +361,13 @@ class _SplitterHandler:
         await outcome.aclose()
         failures = dict(state.failures)
         call.report.partial = PartialReport(failures=failures, recovered=tuple(state.recovered))
+        # A Retry below may have given up on one re-request (and left its reason in
+        # the report) before a later round recovered the part: only the splitter's
+        # own reason describes the call, and only while a part is still worth asking.
+        retrying = any(verdict.action is Action.RETRY for verdict in failures.values())
+        call.report.gave_up = state.gave_up if retrying else None
         if not failures:
             return Outcome(request, ACCEPT, response=merged)
-        if state.gave_up is not None and any(
-            verdict.action is Action.RETRY for verdict in failures.values()
-        ):
-            call.report.gave_up = state.gave_up
         self.env.emit(PartialFailureReported(failures=failures), call)
         if self.config.strict:
             await merged.aread()

@@ -70,6 +70,7 @@ class Provider:
         self.fetches = 0
         self.expires_in = expires_in
         self.entered: anyio.Event | None = None
+        self.held_by: int | None = None
 
     def hold_next(self) -> anyio.Event:
         """Make the next fetch hang (forever) once it started; return its start event."""
@@ -82,6 +83,7 @@ class Provider:
         value = f"t{self.fetches}"
         entered, self.entered = self.entered, None
         if entered is not None:
+            self.held_by = anyio.get_current_task().id
             entered.set()
             await anyio.sleep_forever()
         for _ in range(5):
@@ -96,7 +98,9 @@ class Wire(httpx.AsyncBaseTransport):
     whether every response handed out was closed. A request can be held in flight.
     """
 
-    def __init__(self, *steps: Step, default: Callable[[httpx.Request], httpx.Response] | None = None):
+    def __init__(
+        self, *steps: Step, default: Callable[[httpx.Request], httpx.Response] | None = None
+    ):
         self.queue: list[Step] = list(steps)
         self.default = default or (lambda request: reply(200, json=OK_BODY))
         self.scripted = ScriptedTransport.of(self._play)
@@ -128,6 +132,7 @@ class Wire(httpx.AsyncBaseTransport):
         except httpx.StreamConsumed:
             body = None
         self.sent.append((request, body))
+        await anyio.lowlevel.checkpoint()  # the network: other tasks run meanwhile
         hold = self._hold
         if hold is not None and hold(request):
             self._hold = None
@@ -298,7 +303,9 @@ def actions(report: resilience.CallReport) -> list[Action]:
     return [verdict.action for verdict in report.verdicts]
 
 
-async def open_then_half_open(client: httpx.AsyncClient, pipeline: Pipeline, clock: VirtualClock) -> None:
+async def open_then_half_open(
+    client: httpx.AsyncClient, pipeline: Pipeline, clock: VirtualClock
+) -> None:
     """Trip the host's breaker (minimum_calls=1) with a 503, then let it half-open."""
     with pytest.raises(CircuitOpenError):
         await get(client)
@@ -498,6 +505,40 @@ async def test_cancel_during_a_derapi_re_request() -> None:
     assert wire.unclosed() == []
 
 
+async def test_cancel_while_reading_the_token_endpoints_answer() -> None:
+    """OAuth2 client credentials over the same wire: a token answer cut mid-read is closed.
+
+    The next call fetches again (nothing was cached from the cancelled fetch) and
+    sends the new token.
+    """
+    clock = VirtualClock()
+    token_body = {"access_token": "abc", "expires_in": 3600, "token_type": "bearer"}
+    stalled = HangingStream(json.dumps(token_body).encode())
+
+    def route(request: httpx.Request) -> httpx.Response:
+        if request.url.path != "/oauth/token":
+            return reply(200, json=OK_BODY)
+        if not stalled.closed:
+            return httpx.Response(200, headers={"content-type": "application/json"}, stream=stalled)
+        return reply(200, json=token_body)
+
+    wire = Wire(default=route)
+    provider = resilience.OAuth2ClientCredentials(
+        token_url="https://api.test/oauth/token", client_id="id", client_secret="secret"
+    )
+    pipeline = full_stack(provider, clock=clock)  # type: ignore[arg-type]
+    async with client_for(pipeline, wire) as client:
+        await cancel_once(stalled.started, lambda: get(client))
+        assert stalled.closed
+
+        response = await get(client)
+
+        assert response.json() == OK_BODY
+    assert [r.url.path for r, _ in wire.sent] == ["/oauth/token", "/oauth/token", "/v1/things"]
+    assert wire.tokens()[-1] == "Bearer abc"
+    assert wire.unclosed() == []
+
+
 # --- (2) a crowd with an expired token ------------------------------------------------
 
 
@@ -563,6 +604,69 @@ async def test_500_concurrent_calls_rejected_with_401_refresh_once() -> None:
     assert all(report.delays == [] for report in reports)
     assert wire.unclosed() == []
     assert circuit(pipeline).failure_ratio == 0.0
+
+
+async def test_cancelling_the_fetching_caller_does_not_strand_the_crowd() -> None:
+    """The caller whose task runs the shared fetch is cancelled: the others carry on.
+
+    100 calls need a new token; the fetch runs in one of them, which is cancelled
+    mid-fetch. The other 99 must not hang on the lock or share a failure: one of
+    them fetches again and all 99 succeed with that token.
+    """
+    clock = VirtualClock()
+    provider = Provider(expires_in=60.0)
+    wire = Wire()
+    pipeline = full_stack(provider, clock=clock)
+    scopes: dict[int, anyio.CancelScope] = {}
+    responses: list[httpx.Response] = []
+    async with client_for(pipeline, wire) as client:
+        await get(client)  # t1
+        clock.advance(120.0)
+        entered = provider.hold_next()
+
+        async def one() -> None:
+            with anyio.CancelScope() as scope:
+                scopes[anyio.get_current_task().id] = scope
+                responses.append(await client.get(URL))
+
+        with anyio.fail_after(GUARD):
+            async with anyio.create_task_group() as tg:
+                for _ in range(100):
+                    tg.start_soon(one)
+                await entered.wait()
+                assert provider.held_by is not None
+                scopes[provider.held_by].cancel()
+
+    assert len(responses) == 99
+    assert all(r.status_code == 200 for r in responses)
+    assert provider.fetches == 3  # t1, the cancelled one, t3
+    assert set(wire.tokens()[1:]) == {"Bearer t3"}
+    assert wire.unclosed() == []
+
+
+async def test_attempt_timeout_on_a_stalled_body_closes_it_and_retries() -> None:
+    """Timeout(attempt=...) cuts a body that stalls mid-read: closed, classified, retried.
+
+    The stalled attempt is a RETRY and a breaker failure; the retry succeeds.
+    """
+    clock = VirtualClock()
+    provider = Provider()
+    stream = HangingStream(json.dumps(OK_BODY).encode())
+    wire = Wire(lambda request: httpx.Response(200, stream=stream))
+    pipeline = full_stack(provider, clock=clock, attempt=0.05)
+    async with client_for(pipeline, wire) as client:
+        response = await get(client)
+    report = response.extensions["resilience"]
+    assert response.json() == OK_BODY
+    assert stream.closed
+    assert report.attempts == 2
+    assert actions(report) == [Action.RETRY, Action.ACCEPT]
+    assert report.verdicts[0].problem is not None
+    assert report.verdicts[0].problem.code == "TimeoutException"
+    assert report.delays == [1.0]
+    assert circuit(pipeline).calls == 2
+    assert circuit(pipeline).failure_ratio == 0.5
+    assert wire.unclosed() == []
 
 
 # --- (3) an auth replay that meets a 503 ----------------------------------------------
@@ -646,7 +750,18 @@ async def test_second_401_counts_neither_way_in_the_breaker() -> None:
             ),
             reply(200, json={"data": []}),
         ),
-        ("derapi", reply(401), reply(502, json={"type": "https://docs.derapi.com/reference/errors#backend-server-error", "title": "Backend Server Error"}), reply(200, json={"sites": []})),
+        (
+            "derapi",
+            reply(401),
+            reply(
+                502,
+                json={
+                    "type": "https://docs.derapi.com/reference/errors#backend-server-error",
+                    "title": "Backend Server Error",
+                },
+            ),
+            reply(200, json={"sites": []}),
+        ),
     ],
 )
 async def test_presets_replay_after_refresh_then_retry(
@@ -797,7 +912,6 @@ async def test_half_open_admits_one_probe_at_a_time() -> None:
     async with client_for(pipeline, wire) as client:
         await open_then_half_open(client, pipeline, clock)
         entered = wire.hold_next()
-        release = anyio.Event()
         results: list[httpx.Response] = []
 
         async def probe() -> None:
@@ -811,7 +925,6 @@ async def test_half_open_admits_one_probe_at_a_time() -> None:
                     await client.get(URL)
                 assert busy.value.retry_after == 0.0
                 assert busy.value.report.attempts == 0
-                release.set()
                 tg.cancel_scope.cancel()
         # The probe was cancelled: the next call is the probe, and it closes the circuit.
         assert (await get(client)).status_code == 200
@@ -834,6 +947,21 @@ async def test_raise_on_failure_false_returns_fail_response() -> None:
     report = response.extensions["resilience"]
     assert report.attempts == 1
     assert actions(report) == [Action.FAIL]
+    assert wire.unclosed() == []
+
+
+async def test_fail_raises_permanent_error_and_is_no_breaker_failure() -> None:
+    """The same 404 with raise_on_failure=True: a PermanentError, not counted by the breaker."""
+    clock = VirtualClock()
+    wire = Wire(reply(404, json={"error": "no such thing"}))
+    pipeline = full_stack(Provider(), clock=clock)
+    async with client_for(pipeline, wire) as client:
+        with pytest.raises(PermanentError) as caught:
+            await get(client)
+    assert isinstance(caught.value, httpx.HTTPStatusError)
+    assert caught.value.response.json() == {"error": "no such thing"}
+    assert caught.value.report.attempts == 1
+    assert circuit(pipeline).calls == 0
     assert wire.unclosed() == []
 
 
@@ -959,4 +1087,62 @@ async def test_streaming_body_is_never_replayed_by_retry() -> None:
     assert caught.value.report.attempts == 1
     assert clock.sleeps == []
     assert wire.count == 1
+    assert wire.unclosed() == []
+
+
+# --- the splitter over Retry -------------------------------------------------------------
+
+
+async def test_recovered_split_does_not_report_an_inner_retrys_give_up() -> None:
+    """A part whose first re-request exhausted Retry, then recovered: nothing gave up.
+
+    Retry gives up on the narrowed request of round one (three 503s); round two
+    recovers the part. The call delivered everything, so ``report.gave_up`` must
+    not still say ``"max_attempts"``.
+    """
+    clock = VirtualClock()
+    provider = Provider()
+    wire = Wire(
+        split_body([{"id": 1}], ["solis"]),
+        reply(503),
+        reply(503),
+        reply(503),
+        reply(200, json={"items": [{"id": 2}]}),
+    )
+    pipeline = full_stack(provider, clock=clock)
+    async with client_for(pipeline, wire) as client:
+        response = await get(client)
+    report = response.extensions["resilience"]
+    assert response.json() == {"items": [{"id": 1}, {"id": 2}]}
+    assert report.partial.failures == {}
+    assert report.partial.recovered == ("solis",)
+    assert report.gave_up is None
+    assert report.attempts == 5
+    assert actions(report) == [Action.SPLIT] + [Action.RETRY] * 3 + [Action.ACCEPT]
+    assert report.delays == [1.0, 1.0, 2.0, 2.0]  # round 1, two retries, round 2
+    assert wire.unclosed() == []
+
+
+async def test_split_still_failing_reports_the_splitters_reason() -> None:
+    """A part still failing after every round reports why the splitter stopped."""
+    clock = VirtualClock()
+    wire = Wire(split_body([{"id": 1}], ["solis"]), default=lambda request: reply(503))
+    splitter_rounds = 2
+    pipeline = Pipeline(
+        [
+            Timeout(total=600.0),
+            PartialFailureSplitter(backoff=STEADY, max_rounds=splitter_rounds),
+            Retry(max_attempts=2, backoff=STEADY),
+            AuthRefresh(Provider()),
+        ],
+        classifier=PartsClassifier(),
+        clock=clock,
+    )
+    async with client_for(pipeline, wire) as client:
+        response = await get(client)
+    report = response.extensions["resilience"]
+    assert response.json() == {"items": [{"id": 1}]}
+    assert report.partial.failures["solis"].action is Action.RETRY
+    assert report.gave_up == "max_rounds"
+    assert report.attempts == 1 + 2 * splitter_rounds
     assert wire.unclosed() == []
