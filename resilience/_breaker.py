@@ -677,6 +677,24 @@ class CircuitRegistry:
         """
         self.get(key)._complete(None, self._code(verdict, duration), None)
 
+    def blocked_for(self, request: httpx.Request) -> float:
+        """Seconds before a call for ``request`` could pass this breaker (0: now).
+
+        A read-only look (no circuit is created, no probe slot taken): the
+        ``Retry`` layer above uses it not to sleep a backoff only to be rejected.
+        Infinite when the circuit is isolated.
+        """
+        key = self._config.key(request)
+        circuit = None if key is None else self._circuits.get(key)
+        if circuit is None:
+            return 0.0
+        state = circuit._state
+        if state is _OPEN:
+            return max(circuit._until - self._clock.now(), 0.0)
+        if state is _ISOLATED:
+            return math.inf
+        return 0.0
+
     def release(self, key: str) -> None:
         """A call :meth:`allow` let through ended without an outcome (e.g. cancelled).
 

@@ -233,7 +233,10 @@ class Retry:
                 # Proportional jitter adds on top of the capped delay by design.
                 longest *= 1 + float(getattr(self.backoff, "jitter_ratio", 0.0))
             cap = max(longest, MIN_HINT_CAP)
-        return _RetryHandler(self, env, bucket, cap)
+        # Breakers below this layer (bound before it): a retry that an open breaker
+        # would reject is not worth its backoff sleep.
+        breakers = tuple(registry for _, registry in env.shared.get("breaker_registries", ()))
+        return _RetryHandler(self, env, bucket, cap, breakers)
 
     def is_replayable(self, request: httpx.Request) -> str | None:
         """Why ``request`` must not be replayed, or ``None`` when it may be."""
@@ -255,12 +258,14 @@ class _RetryHandler:
     env: PipelineEnv
     bucket: TokenBucket | None
     cap: float
+    breakers: tuple[Any, ...] = ()
 
     async def __call__(self, request: httpx.Request, call: Call, call_next: CallNext) -> Outcome:
         config = self.config
         clock = self.env.clock
         bucket = self.bucket
-        if bucket is not None:
+        if bucket is not None and call.report.attempts == 0:
+            # Once per logical call: a splitter's re-requests pass here again.
             bucket.deposit()
         attempt = 1
         previous: float | None = None
@@ -289,6 +294,17 @@ class _RetryHandler:
                 if hint is not None and hint > delay:
                     delay = hint
                 delay = min(max(delay, 0.0), self.cap)
+                blocked = self._blocked(request)
+                if blocked > delay:
+                    # The next attempt would meet an open breaker: wait for it to
+                    # half-open when asked to (and it will), else stop now rather
+                    # than sleep only to be rejected.
+                    late = call.deadline is not None and clock.now() + blocked > call.deadline
+                    if not config.wait_for_half_open or math.isinf(blocked) or late:
+                        gave_up = "circuit_open"
+                    else:
+                        delay = blocked
+            if gave_up is None:
                 if call.deadline is not None and clock.now() + delay > call.deadline:
                     gave_up = "deadline"
                 elif bucket is not None and not bucket.try_withdraw(clock.now()):
@@ -327,3 +343,12 @@ class _RetryHandler:
             await clock.sleep(delay)
             previous = delay
             attempt += 1
+
+    def _blocked(self, request: httpx.Request) -> float:
+        """Seconds until every breaker below would let ``request`` through."""
+        longest = 0.0
+        for registry in self.breakers:
+            wait = registry.blocked_for(request)
+            if wait > longest:
+                longest = wait
+        return longest

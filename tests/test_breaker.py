@@ -1050,15 +1050,32 @@ def retry_rig(*, wait: bool, total: float | None = None) -> Rig:
 
 
 async def test_retry_does_not_retry_into_an_open_breaker() -> None:
-    """The breaker's CircuitOpenError is final for Retry by default."""
+    """When the failed attempt opened the breaker, Retry stops at once: no backoff
+    sleep that would only end in a rejection; the caller gets the real failure."""
     rig = retry_rig(wait=False)
     rig.answers["a.test"] = 503
     error = await rig.call()
-    assert isinstance(error, CircuitOpenError)
+    assert isinstance(error, RetriesExhausted)
+    assert error.problem is not None
+    assert error.problem.status == 503
+    assert error.report.gave_up == "circuit_open"
     assert rig.sent() == 1
-    assert rig.clock.sleeps == [1.0]
+    assert rig.clock.sleeps == []
     assert error.report.attempts == 1
     assert [v.action for v in error.report.verdicts] == [Action.RETRY]
+
+
+async def test_an_open_breaker_met_on_the_first_attempt_is_final() -> None:
+    """A call that meets an already open breaker fails fast with CircuitOpenError,
+    and Retry does not retry it."""
+    rig = retry_rig(wait=False)
+    rig.answers["a.test"] = 503
+    await rig.call()
+    error = await rig.call()
+    assert isinstance(error, CircuitOpenError)
+    assert error.report.attempts == 0
+    assert rig.sent() == 1
+    assert rig.clock.sleeps == []
 
 
 async def test_retry_waits_for_half_open_when_asked_and_it_fits() -> None:
@@ -1070,7 +1087,7 @@ async def test_retry_waits_for_half_open_when_asked_and_it_fits() -> None:
 
     rig.answers["a.test"] = recovering
     assert await rig.call() == 200
-    assert rig.clock.sleeps == [1.0, 29.0]
+    assert rig.clock.sleeps == [30.0]  # straight to the half-open, no backoff before it
     assert rig.sent() == 2
     assert rig.transitions() == [("closed", "open"), ("open", "half_open"), ("half_open", "closed")]
 
@@ -1080,9 +1097,9 @@ async def test_retry_gives_up_when_half_open_comes_after_the_deadline() -> None:
     rig = retry_rig(wait=True, total=20.0)
     rig.answers["a.test"] = 503
     error = await rig.call()
-    assert isinstance(error, CircuitOpenError)
+    assert isinstance(error, RetriesExhausted)
     assert error.report.gave_up == "circuit_open"
-    assert rig.clock.sleeps == [1.0]
+    assert rig.clock.sleeps == []
     assert rig.sent() == 1
 
 

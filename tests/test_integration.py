@@ -307,8 +307,9 @@ async def open_then_half_open(
     client: httpx.AsyncClient, pipeline: Pipeline, clock: VirtualClock
 ) -> None:
     """Trip the host's breaker (minimum_calls=1) with a 503, then let it half-open."""
-    with pytest.raises(CircuitOpenError):
+    with pytest.raises(RetriesExhausted) as tripped:
         await get(client)
+    assert tripped.value.report.gave_up == "circuit_open"
     assert circuit(pipeline).state is CircuitState.OPEN
     clock.advance(circuit(pipeline).retry_after)
     assert circuit(pipeline).state is CircuitState.HALF_OPEN
@@ -428,20 +429,24 @@ async def test_cancel_during_a_backoff_sleep() -> None:
     assert circuit(pipeline).calls == 2  # the 503 and the 200; the cancel counts nothing
 
 
-async def test_cancel_during_a_half_open_probes_backoff_then_new_probe() -> None:
-    """A probe that failed (reopening the breaker) and is cancelled in its backoff.
-
-    Once the longer break is over, the breaker admits a new probe.
+async def test_a_failed_half_open_probe_ends_at_once_then_a_new_probe_passes() -> None:
+    """A probe that fails reopens the breaker: its call ends at once, without a
+    backoff sleep that could only end in a rejection. Once the longer break is over,
+    the breaker admits a new probe, which closes it.
     """
-    clock = PausingClock()
+    clock = VirtualClock()
     provider = Provider()
     wire = Wire(reply(503), reply(503))
     pipeline = full_stack(provider, clock=clock, breaker=tripping_breaker())
     async with client_for(pipeline, wire) as client:
         await open_then_half_open(client, pipeline, clock)
-        entered = clock.hold_next_sleep()
-        await cancel_once(entered, lambda: get(client))
+        sleeps = len(clock.sleeps)
+        with pytest.raises(RetriesExhausted) as failed:
+            await get(client)
+        assert failed.value.report.gave_up == "circuit_open"
+        assert len(clock.sleeps) == sleeps
         assert circuit(pipeline).state is CircuitState.OPEN
+        assert circuit(pipeline).retry_after == pytest.approx(60.0)  # the break doubled
         clock.advance(circuit(pipeline).retry_after)
 
         response = await get(client)
@@ -875,10 +880,11 @@ async def test_breaker_opens_mid_burst_then_fails_fast_then_probes() -> None:
         with pytest.raises(RetriesExhausted) as first:
             await get(client)
         assert first.value.report.attempts == 3
-        with pytest.raises(CircuitOpenError) as tripped:
-            await get(client)  # its first attempt is the fourth failure
+        with pytest.raises(RetriesExhausted) as tripped:
+            await get(client)  # its first attempt is the fourth failure: no retry
         assert tripped.value.report.attempts == 1
-        assert tripped.value.report.delays == [1.0]
+        assert tripped.value.report.delays == []
+        assert tripped.value.report.gave_up == "circuit_open"
         assert wire.count == 4
         assert circuit(pipeline).state is CircuitState.OPEN
 
