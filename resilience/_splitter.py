@@ -71,7 +71,7 @@ import attrs
 import httpx
 
 from . import _validate as v
-from ._events import PartialFailureReported
+from ._events import PartialFailureReported, RetryScheduled
 from ._pipeline import Call, CallNext, Outcome, PipelineEnv
 from ._report import PartialReport
 from ._retry import MIN_HINT_CAP, Backoff, ExponentialBackoff, TokenBucket
@@ -406,6 +406,17 @@ class _SplitterHandler:
             if not self._fits(call, delay):
                 state.gave_up = "deadline"
                 return
+            # A round is a retry of the failed parts: hooks and telemetry see it as one.
+            self.env.emit(
+                RetryScheduled(
+                    method=request.method,
+                    host=request.url.host,
+                    attempt=round_no + 1,
+                    delay=delay,
+                    verdict=state.failures[pending[0]],
+                ),
+                call,
+            )
             await clock.sleep(delay)
             call.report.delays.append(delay)
             previous = delay

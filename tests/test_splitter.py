@@ -29,6 +29,7 @@ from resilience import (
     ResilientTransport,
     Retry,
     RetryBudget,
+    RetryScheduled,
     Split,
     SplittingClassifier,
     Timeout,
@@ -306,6 +307,11 @@ async def test_rounds_run_out_and_failure_is_reported() -> None:
     reported = [e for e in events if isinstance(e, PartialFailureReported)]
     assert len(reported) == 1
     assert list(reported[0].failures) == ["b"]
+    rounds = [e for e in events if isinstance(e, RetryScheduled)]
+    assert [(e.attempt, e.delay, e.verdict.action) for e in rounds] == [
+        (1, 1.0, Action.RETRY),
+        (2, 2.0, Action.RETRY),
+    ]
     assert inner.unclosed() == []
 
 

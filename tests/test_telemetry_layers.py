@@ -450,7 +450,10 @@ async def test_partial_failure_with_the_real_splitter(
     assert events(call, "resilience.partial") == [
         {"resilience.partial.failed": ("solis", "tesla"), "resilience.partial.count": 2}
     ]
-    assert events(call, "resilience.retry") == []  # no Retry-layer retry happened
+    # One retry event per re-request round of the splitter (no Retry-layer retry).
+    rounds = events(call, "resilience.retry")
+    assert [e["resilience.retry.attempt"] for e in rounds] == [1, 2, 3]
+    assert [e["resilience.retry.delay"] for e in rounds] == [1.0, 2.0, 4.0]
 
     (refresh,) = otel.named("resilience.auth.refresh")
     assert parent_id(refresh) == span_id(call)
