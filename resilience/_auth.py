@@ -499,6 +499,7 @@ class AuthRefresh:
         provider: fetches tokens (:class:`OAuth2ClientCredentials`, a plugin's
             flow, :class:`StaticToken`, ...).
         skew: seconds before expiry to refresh proactively.
+        fetch_timeout: seconds one token fetch may take (default 30).
         header: the header the token goes in.
         scheme: put before the token (``"Bearer"``); ``None`` or ``""`` sends the
             bare token (for an API-key header).
@@ -512,6 +513,13 @@ class AuthRefresh:
     """The request header that carries the token."""
     scheme: str | None = attrs.field(default="Bearer", kw_only=True, validator=_check_scheme)
     """The auth scheme before the token, or ``None`` / ``""`` for the bare token."""
+    fetch_timeout: float | None = attrs.field(
+        default=30.0,
+        kw_only=True,
+        validator=v.number(minimum=0, exclusive_minimum=True, optional=True),
+    )
+    """Seconds one token fetch may take (``Timeout(attempt=...)`` does not cover it);
+    a fetch that runs out is a transient failure. ``None``: no limit of its own."""
 
     def refresh_after(self, expires_in: float | None) -> float:
         """Seconds after a fetch starts at which its token is refreshed proactively.
@@ -734,7 +742,11 @@ class _AuthHandler:
                     trust_env=False,
                 )
             )
-            token = await provider.fetch(http)
+            limit = self.config.fetch_timeout
+            with anyio.move_on_after(limit) as scope:
+                token = await provider.fetch(http)
+            if scope.cancelled_caught:
+                raise httpx.TimeoutException(f"token request timed out after {limit:g}s")
             if not isinstance(token, Token):
                 raise TypeError(
                     f"{type(provider).__name__}.fetch() returned "

@@ -686,6 +686,51 @@ async def test_permanent_fetch_failure_is_not_retried() -> None:
     assert len(fake.token_requests) == 1
 
 
+async def test_a_hung_token_endpoint_times_out_and_is_retried() -> None:
+    """A token endpoint that never answers is cut off after fetch_timeout (a real
+    cancel scope: kept tiny), as a transient failure that Retry above tries again."""
+    hang = anyio.Event()
+
+    async def hang_once(request: httpx.Request) -> None:
+        if len(fake.token_requests) == 1:
+            await hang.wait()  # never set: the first token request hangs
+
+    fake, clock = FakeVendor(before_token=hang_once), VirtualClock()
+    layers = [Retry(max_attempts=3, backoff=ONE), AuthRefresh(provider(), fetch_timeout=0.05)]
+    async with make_client(fake, *layers, clock=clock) as client:
+        with anyio.fail_after(5):
+            r = await client.get("/v1/things")
+    assert r.status_code == 200
+    assert len(fake.token_requests) == 2
+    assert clock.sleeps == [1.0]
+    assert [v.reason for v in r.extensions["resilience"].verdicts] == ["accept"]
+
+
+async def test_a_hung_token_endpoint_without_retry_names_the_timeout() -> None:
+    """Without Retry, the timed-out fetch surfaces as a transient TokenFetchError."""
+
+    async def hang(request: httpx.Request) -> None:
+        await anyio.Event().wait()
+
+    fake, clock = FakeVendor(before_token=hang), VirtualClock()
+    async with make_client(
+        fake, AuthRefresh(provider(), fetch_timeout=0.05), clock=clock
+    ) as client:
+        with (
+            anyio.fail_after(5),
+            pytest.raises(TokenFetchError, match="TimeoutException") as caught,
+        ):
+            await client.get("/v1/things")
+    assert caught.value.transient is True
+    assert fake.api_requests == []
+
+
+def test_fetch_timeout_must_be_positive() -> None:
+    """A zero or negative fetch_timeout fails at construction, naming the argument."""
+    with pytest.raises(ValueError, match="fetch_timeout"):
+        AuthRefresh(provider(), fetch_timeout=0)
+
+
 # -- cancellation ------------------------------------------------------------------------
 
 
