@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import json
+import random
 import uuid
 
 import httpx
@@ -53,9 +54,12 @@ async def test_burst_through_the_preset() -> None:
     outcomes: dict[str, str] = {}
     errors: list[resilience.errors.ResilienceError] = []
     keyed: set[str] = set()
+    gave_up: dict[str, str | None] = {}
     async with serve(sim) as base_url:
         auth = TurrisToken(client_id=ID, client_secret=SECRET)
-        pipeline = resilience.standard_pipeline("turris", auth=auth, clock=clock)
+        # Seeded jitter: the same waits, hence the same story, on every run.
+        backoff = resilience.ExponentialBackoff(max_delay=30.0, rng=random.Random(11))
+        pipeline = resilience.standard_pipeline("turris", auth=auth, clock=clock, backoff=backoff)
         transport = resilience.ResilientTransport(pipeline)
         async with httpx.AsyncClient(base_url=base_url, transport=transport) as client:
             for n in range(110):
@@ -75,6 +79,7 @@ async def test_burst_through_the_preset() -> None:
                         response = await client.post("/v1/producers", json=body, headers=headers)
                 except (PermanentError, RetriesExhausted, CircuitOpenError) as exc:
                     outcomes[call] = type(exc).__name__
+                    gave_up[call] = exc.report.gave_up
                     errors.append(exc)
                 except AuthenticationError as exc:  # pragma: no cover - must not happen
                     pytest.fail(f"token refresh failed: {exc}")
@@ -116,16 +121,25 @@ async def test_burst_through_the_preset() -> None:
             )
     kinds = collections.Counter(outcomes.values())
     assert kinds["ok"] >= 40, kinds
-    # The write limit was reached; keyed writes waited for X-RateLimit-Reset and got
-    # through, unkeyed ones gave up at once.
+    # The write limit was reached; keyed writes waited for X-RateLimit-Reset and tried
+    # again (until they got through, ran out of attempts, or met an open breaker);
+    # unkeyed ones gave up at once.
     limited = [r for r in sim.received if r.code == "rate_limit_exceeded"]
     assert limited
     for record in limited:
         call = _call_of(record)
         if call in keyed:
-            assert per_call[call][-1].status in (200, 201), per_call[call]
+            attempts = per_call[call]
+            if attempts[-1] is record:
+                assert gave_up.get(call) in {"max_attempts", "circuit_open"}, (call, attempts)
+            else:
+                assert attempts[attempts.index(record) + 1].at > record.at
         else:
             assert outcomes[call] == "RetriesExhausted"
+            assert gave_up[call] == "not_idempotent"
+    assert any(
+        call in keyed and per_call[call][-1].status in (200, 201) for call in map(_call_of, limited)
+    ), "no keyed write got through after waiting for the limit to reset"
     assert any(s > 10 and s.is_integer() for s in clock.sleeps), clock.sleeps
     assert sim.tokens_issued == 1
 
