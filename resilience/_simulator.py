@@ -962,7 +962,7 @@ async def serve(
             while not server.started:
                 if not thread.is_alive():
                     raise RuntimeError(f"uvicorn failed to start: {failure!r}")
-                await anyio.sleep(0.005)
+                await SYSTEM_CLOCK.sleep(0.005)  # real time: another thread is starting
         yield f"http://{host}:{port}"
     finally:
         server.should_exit = True
