@@ -54,6 +54,11 @@ class VirtualClock:
 
     Every sleep asked for is recorded in :attr:`sleeps`; :meth:`advance` moves time
     by hand (to expire tokens, half-open breakers, or jump hours ahead).
+
+    It is not a discrete-event scheduler: concurrent sleeps each move the shared
+    time on by their own length, one after the other. Sequential scenarios read
+    exactly as in real time; for many concurrent calls, assert on :attr:`sleeps`
+    (and the reports' ``delays``) rather than on :meth:`now`.
     """
 
     start: float = 0.0
