@@ -94,6 +94,20 @@ async def test_wrong_secret() -> None:
     assert error.problem.code == "2001"
     assert "code=2001" in str(error)
     assert "wrong-one" not in f"{error} {error!r} {error.problem!r} {provider!r}"
+    # The error does not hold the token request, whose body carries the secret.
+    with pytest.raises(RuntimeError):
+        error.request  # noqa: B018
+
+
+async def test_error_without_a_token_does_not_hold_the_request() -> None:
+    """A 200 without access_token: the error names the problem and holds no request."""
+    provider = TellusToken(client_id=ID, client_secret=SECRET, token_url="https://t.test/tok")
+    answer = httpx.MockTransport(lambda request: httpx.Response(200, json={"token_type": "x"}))
+    async with httpx.AsyncClient(transport=answer) as http:
+        with pytest.raises(TokenFetchError, match="no access_token") as caught:
+            await provider.fetch(http)
+    with pytest.raises(RuntimeError):
+        caught.value.request  # noqa: B018
 
 
 async def test_token_rate_limit_is_transient() -> None:

@@ -54,7 +54,8 @@ class AcmeToken:
         data, response = await post_for_token(http, url, json_body=body, classifier=_CLASSIFIER)
         value = data.get("access_token")
         if not isinstance(value, str) or not value:
-            raise TokenFetchError("acme token request: no access_token", request=response.request)
+            # No request= here: the token request's body holds the secret.
+            raise TokenFetchError("acme token request: no access_token")
         life = data.get("expires_in")
         if not isinstance(life, (int, float)) or isinstance(life, bool) or life <= 0:
             life = jwt_expires_in(value, response=response)

@@ -104,7 +104,6 @@ class TellusToken:
                 describe_failure("tellus token request", verdict.problem, "no access_token"),
                 transient=transient,
                 retry_after=verdict.retry_after if transient else None,
-                request=response.request,
                 problem=verdict.problem,
             )
         clock = self.clock if self.clock is not None else SystemClock()

@@ -98,7 +98,6 @@ class TurrisToken:
             )
             raise TokenFetchError(
                 describe_failure("turris token request", problem),
-                request=response.request,
                 problem=problem,
             )
         value = value.strip()
