@@ -118,7 +118,19 @@ async def open_transport() -> tuple[ResilientTransport, CircuitRegistry]:
     return transport, registry
 
 
-def rejecting_step(transport: ResilientTransport) -> Step:
+class RaisingTransport(httpx.AsyncBaseTransport):
+    """The floor of any fast fail: a transport that only builds and raises the error."""
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        raise CircuitOpenError(
+            "circuit breaker https://api.test:443 is open; it half-opens in 30s",
+            key="https://api.test:443",
+            retry_after=30.0,
+            request=request,
+        )
+
+
+def rejecting_step(transport: httpx.AsyncBaseTransport) -> Step:
     request = httpx.Request("GET", URL)
 
     async def step() -> None:
@@ -401,6 +413,7 @@ TRANSPORT_ROWS = (
     "bare MockTransport (sends)",
     "Pipeline([CircuitBreaker()]), open",
     "reference: Pipeline([layer returning the error])",
+    "floor: a transport that only raises the error",
 )
 DECISION_ROWS = (
     "resilience registry.allow(key)",
@@ -423,6 +436,7 @@ async def timings(rounds: int, calls: int) -> dict[str, float | None]:
         "Pipeline([CircuitBreaker()])": transport_step(guarded),
         TRANSPORT_ROWS[1]: rejecting_step(opened),
         TRANSPORT_ROWS[2]: rejecting_step(reference),
+        TRANSPORT_ROWS[3]: rejecting_step(RaisingTransport()),
         DECISION_ROWS[0]: allow_step(registry),
         DECISION_ROWS[1]: guard_step(registry),
         DECISION_ROWS[2]: await purgatory_open_step(),
