@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
+import anyio
 import attrs
 import httpx
 
@@ -34,6 +35,7 @@ __all__ = [
     "ClosingStream",
     "Fault",
     "FaultPlan",
+    "HangingTransport",
     "LimitState",
     "Outage",
     "PluginConformance",
@@ -44,6 +46,7 @@ __all__ = [
     "SimResponse",
     "Simulator",
     "Slowness",
+    "StallingStream",
     "TokenCheck",
     "VirtualClock",
     "reply",
@@ -71,6 +74,30 @@ class ClosingStream(httpx.AsyncByteStream):
 
     async def aclose(self) -> None:
         self.closed = True
+
+
+class StallingStream(ClosingStream):
+    """A response body that sends its bytes, then never sends more (a stalled peer)."""
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield self.body
+        await anyio.sleep_forever()
+
+
+class HangingTransport(httpx.AsyncBaseTransport):
+    """An inner transport that never answers, for cancellation and timeout tests.
+
+    :attr:`started` is set once a request arrives, so a test can cancel the call
+    while it is on the wire.
+    """
+
+    def __init__(self) -> None:
+        self.started = anyio.Event()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.started.set()
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")  # pragma: no cover
 
 
 def reply(

@@ -32,7 +32,7 @@ from resilience.errors import (
     PermanentError,
     RetriesExhausted,
 )
-from resilience.testing import ClosingStream, ScriptedTransport, VirtualClock, reply
+from resilience.testing import ClosingStream, ScriptedTransport, StallingStream, VirtualClock, reply
 
 pytestmark = pytest.mark.anyio
 
@@ -90,14 +90,6 @@ class FailingStream(ClosingStream):
     async def __aiter__(self) -> AsyncIterator[bytes]:
         yield self.body
         raise httpx.ReadError("connection reset mid-body")
-
-
-class StallingStream(ClosingStream):
-    """A body that sends some bytes and then never sends more."""
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        yield self.body
-        await anyio.Event().wait()
 
 
 # -- layers --------------------------------------------------------------------------

@@ -48,7 +48,7 @@ from resilience import (
 )
 from resilience._telemetry import redact_url
 from resilience.errors import CircuitOpenError, RetriesExhausted
-from resilience.testing import ScriptedTransport, VirtualClock, reply
+from resilience.testing import HangingTransport, ScriptedTransport, VirtualClock, reply
 
 pytestmark = pytest.mark.anyio
 
@@ -218,18 +218,6 @@ class Watching(httpx.AsyncBaseTransport):
         self.traceparents.append(request.headers.get("traceparent"))
         seen = self.paths[request.url.path] = self.paths.get(request.url.path, 0) + 1
         return reply(503 if self.flaky and seen == 1 else 200)
-
-
-class Hang(httpx.AsyncBaseTransport):
-    """Never answers: the test cancels the call."""
-
-    def __init__(self) -> None:
-        self.started = anyio.Event()
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        self.started.set()
-        await anyio.sleep_forever()
-        raise AssertionError("unreachable")  # pragma: no cover
 
 
 # --- the span tree -----------------------------------------------------------------
@@ -485,7 +473,7 @@ async def test_failed_response_without_raising(otel: Otel) -> None:
 
 async def test_cancellation_is_not_an_error(otel: Otel) -> None:
     """A call cancelled by its caller: outcome cancelled, no Error anywhere."""
-    inner = Hang()
+    inner = HangingTransport()
     pipeline = make(otel)
 
     async def call() -> None:

@@ -49,7 +49,14 @@ from resilience.errors import (
     PermanentError,
     RetriesExhausted,
 )
-from resilience.testing import Fault, FaultPlan, ScriptedTransport, VirtualClock, reply
+from resilience.testing import (
+    Fault,
+    FaultPlan,
+    HangingTransport,
+    ScriptedTransport,
+    VirtualClock,
+    reply,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -978,18 +985,6 @@ async def test_deadline_ends_the_call_as_a_timeout(
     check_all(otel, logs, api, "sma")
 
 
-class Hang(httpx.AsyncBaseTransport):
-    """Never answers: the test cancels the call."""
-
-    def __init__(self) -> None:
-        self.started = anyio.Event()
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        self.started.set()
-        await anyio.sleep_forever()
-        raise AssertionError("unreachable")  # pragma: no cover
-
-
 async def test_cancelled_call_through_every_layer_is_not_an_error(otel: Otel) -> None:
     """The caller cancels a call hanging below Retry, the breaker and AuthRefresh:
     outcome cancelled, nothing Error, no error.type, no rejection, breaker closed."""
@@ -1003,7 +998,7 @@ async def test_cancelled_call_through_every_layer_is_not_an_error(otel: Otel) ->
         tracer_provider=otel.tracer_provider,
         meter_provider=otel.meter_provider,
     )
-    inner = Hang()
+    inner = HangingTransport()
 
     async def call() -> None:
         async with httpx.AsyncClient(transport=ResilientTransport(pipeline, inner=inner)) as c:

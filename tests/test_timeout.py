@@ -6,8 +6,6 @@ Real cancel scopes must fire here, so a few tests wait for tiny real timeouts
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import anyio
 import httpx
 import pytest
@@ -23,7 +21,7 @@ from resilience import (
 )
 from resilience._classifier import HttpClassifier
 from resilience.errors import ConfigurationError, RetriesExhausted
-from resilience.testing import ClosingStream, ScriptedTransport, VirtualClock, reply
+from resilience.testing import ScriptedTransport, StallingStream, VirtualClock, reply
 
 pytestmark = pytest.mark.anyio
 
@@ -48,14 +46,6 @@ class HangingTransport(ScriptedTransport):
             self.hung += 1
             await anyio.Event().wait()
         return await super().handle_async_request(request)
-
-
-class StallingStream(ClosingStream):
-    """A body that sends some bytes and then stalls forever."""
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        yield self.body
-        await anyio.Event().wait()
 
 
 class CountingClassifier(HttpClassifier):
