@@ -331,11 +331,15 @@ class Pipeline:
         if instrument is not None and instrument.records():
             return await instrument.run_call(call, self._run)  # type: ignore[no-any-return]
         outcome = await self._chain(request, call)
-        error = outcome.error
-        if outcome.response is None and isinstance(error, errors.ResilienceError):
+        if outcome.response is None and isinstance(outcome.error, errors.ResilienceError):
             # A layer's own error with nothing to release (an open breaker): raise it
             # here, without another coroutine frame on the fast-fail path.
-            raise _with_call(error, call)
+            error = outcome.error
+            del outcome
+            try:
+                raise _with_call(error, call)
+            finally:
+                del error  # see _finish: no frame -> error -> traceback -> frame cycle
         return await self._finish(call, outcome)
 
     async def _run(self, call: Call) -> httpx.Response:
@@ -385,10 +389,19 @@ class Pipeline:
             response.extensions["resilience"] = report
             return response
         error = outcome.error
+        # The raised error's traceback holds this frame and the callers'; a local in
+        # any of them still pointing at the error (directly or through the outcome)
+        # would make a reference cycle, and the error, its response and its report
+        # would wait for the garbage collector. So the spent outcome lets go of it.
         if isinstance(error, errors.ResilienceError):
             if response is not None and response is not error.response:
                 await outcome.aclose()  # the error does not hand it on: release it
-            raise _with_call(error, call)
+            outcome.error = None
+            del outcome
+            try:
+                raise _with_call(error, call)
+            finally:
+                del error
         if response is not None and not self.raise_on_failure:
             response.extensions["resilience"] = report
             return response
@@ -396,7 +409,9 @@ class Pipeline:
         await outcome.aclose()
         if view is not None:
             view.extensions = {**view.extensions, "resilience": report}
-        raise _error_for(call, outcome.verdict, view) from error
+        verdict = outcome.verdict
+        del outcome
+        raise _error_for(call, verdict, view) from error
 
 
 def _with_call(error: errors.ResilienceError, call: Call) -> errors.ResilienceError:

@@ -14,6 +14,8 @@ import anyio
 import anyio.lowlevel
 import httpx
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from resilience import (
     Action,
@@ -30,6 +32,7 @@ from resilience import (
     Timeout,
     Verdict,
 )
+from resilience._breaker import _host_keys, host_key
 from resilience.errors import (
     AuthenticationError,
     CircuitOpenError,
@@ -725,6 +728,46 @@ async def test_default_key_spelling(url: str, key: str) -> None:
     response = await rig.transport.handle_async_request(httpx.Request("GET", url))
     await response.aclose()
     assert list(rig.registry) == [key]
+
+
+_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+
+
+def _label() -> st.SearchStrategy[str]:
+    return st.from_regex(r"[A-Za-z0-9]([A-Za-z0-9-]{0,10}[A-Za-z0-9])?", fullmatch=True)
+
+
+_hosts = st.one_of(
+    st.lists(_label(), min_size=1, max_size=4).map(".".join),
+    st.ip_addresses(v=4).map(str),
+    st.ip_addresses(v=6).map(lambda ip: f"[{ip}]"),
+    st.sampled_from(["bücher.example", "xn--bcher-kva.example", "MÜNCHEN.test"]),
+)
+
+
+@given(
+    scheme=st.sampled_from(sorted(_PORTS)),
+    host=_hosts,
+    port=st.none() | st.integers(min_value=1, max_value=65535),
+    path=st.sampled_from(["/", "/v1/x?q=1", ""]),
+)
+def test_default_key_is_the_same_on_every_lookup(
+    scheme: str, host: str, port: int | None, path: str
+) -> None:
+    """The default key (looked up in a cache after the first time) is always
+    ``scheme://host:port`` as httpx reads the URL, the port spelled out."""
+    url = httpx.URL(f"{scheme}://{host}" + ("" if port is None else f":{port}") + path)
+    spelled = url.host if ":" not in url.host else f"[{url.host}]"
+    expected = f"{url.scheme}://{spelled}:{url.port or _PORTS[scheme]}"
+    for _ in range(2):
+        assert host_key(httpx.Request("GET", url)) == expected
+
+
+def test_default_keys_kept_for_speed_stay_bounded() -> None:
+    """Keys of 5,000 hosts leave at most 1,024 of them cached."""
+    keys = {host_key(httpx.Request("GET", f"https://h{i}.test/")) for i in range(5_000)}
+    assert len(keys) == 5_000
+    assert 0 < len(_host_keys) <= 1_024
 
 
 async def test_custom_key_and_bypass() -> None:

@@ -3,8 +3,11 @@ closing every response, and cancellation."""
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import logging
+import weakref
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -16,6 +19,7 @@ from resilience import (
     Action,
     Call,
     CallNext,
+    CircuitBreaker,
     ExponentialBackoff,
     Outcome,
     Pipeline,
@@ -173,16 +177,6 @@ async def test_a_layer_may_answer_without_sending() -> None:
 async def test_a_response_the_error_does_not_carry_is_closed() -> None:
     """A layer that replaces a received response with a ResilienceError: the
     response is released, not leaked."""
-
-    class Replace:
-        def bind(self, env: PipelineEnv) -> Any:
-            async def handler(request: httpx.Request, call: Call, call_next: CallNext) -> Outcome:
-                outcome = await call_next(request, call)
-                outcome.error = CircuitOpenError("tripped", key="k", retry_after=1.0)
-                outcome.verdict = Verdict(Action.FAIL)
-                return outcome
-
-            return handler
 
     inner = ScriptedTransport.of(reply(200, json={"a": 1}))
     async with httpx.AsyncClient(transport=transport_for(inner, Replace())) as client:
@@ -630,3 +624,72 @@ async def test_real_cancel_scope_around_client_get_with_a_hanging_transport() ->
     assert scope.cancelled_caught
     assert len(inner.requests) == 2
     assert inner.unclosed() == []
+
+
+# -- no reference cycles -------------------------------------------------------------
+
+
+class Replace:
+    """A layer that answers a received response with its own error."""
+
+    def bind(self, env: PipelineEnv) -> Any:
+        async def handler(request: httpx.Request, call: Call, call_next: CallNext) -> Outcome:
+            outcome = await call_next(request, call)
+            outcome.error = CircuitOpenError("tripped", key="k", retry_after=1.0)
+            outcome.verdict = Verdict(Action.FAIL)
+            return outcome
+
+        return handler
+
+
+@pytest.mark.parametrize(
+    ("layers", "script", "expected"),
+    [
+        pytest.param(
+            (CircuitBreaker(minimum_calls=1),),
+            (reply(503), reply(200)),
+            CircuitOpenError,
+            id="open-breaker",
+        ),
+        pytest.param((), (reply(404),), PermanentError, id="permanent"),
+        pytest.param((Replace(),), (reply(200),), CircuitOpenError, id="layer-error"),
+        pytest.param(
+            (Retry(max_attempts=2, backoff=ONE),),
+            (reply(503), reply(503)),
+            RetriesExhausted,
+            id="exhausted",
+        ),
+    ],
+)
+@pytest.mark.parametrize("via_client", [False, True], ids=["transport", "client"])
+async def test_a_raised_error_is_freed_without_the_garbage_collector(
+    layers: tuple[Any, ...], script: tuple[Any, ...], expected: type[Exception], via_client: bool
+) -> None:
+    """The error the pipeline raises is not held in a reference cycle through the
+    pipeline's frames: once the caller drops it, it (with its response and report)
+    is freed at once, not whenever the garbage collector runs."""
+    transport = transport_for(ScriptedTransport.of(*script), *layers)
+    client = httpx.AsyncClient(transport=transport)
+    request = httpx.Request("GET", URL)
+    for _ in range(len(script) - 1):  # trip the breaker (a no-op for the others)
+        with contextlib.suppress(httpx.HTTPError):
+            await transport.handle_async_request(request)
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        try:
+            if via_client:
+                await client.send(request)
+            else:
+                await transport.handle_async_request(request)
+        except expected as exc:
+            freed = weakref.ref(exc)
+            report = weakref.ref(exc.report)
+        else:  # pragma: no cover - a broken test
+            raise AssertionError("nothing was raised")
+        assert freed() is None
+        assert report() is None
+    finally:
+        if enabled:
+            gc.enable()
+        await client.aclose()
