@@ -20,12 +20,14 @@ Messages name the vendor, status, code and request id; never a body or a secret.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import httpx
 
 from ._report import CallReport
 from ._verdict import Problem, Verdict
+
+_E = TypeVar("_E", bound="CircuitOpenError")
 
 __all__ = [
     "AuthenticationError",
@@ -140,6 +142,15 @@ class RetriesExhausted(ResilienceError):
 class CircuitOpenError(ResilienceError):
     """The circuit breaker for :attr:`key` is open; nothing was sent."""
 
+    # It never carries a response, so it has no twin to choose: the C constructor
+    # skips ResilienceError.__new__, which costs as much as the rest of building it.
+    if TYPE_CHECKING:
+
+        def __new__(cls: type[_E], *args: Any, **kwargs: Any) -> _E: ...
+
+    else:
+        __new__ = BaseException.__new__
+
     def __init__(
         self,
         message: str,
@@ -150,7 +161,7 @@ class CircuitOpenError(ResilienceError):
         problem: Problem | None = None,
         report: CallReport | None = None,
     ) -> None:
-        super().__init__(message, request=request, problem=problem, report=report)
+        ResilienceError.__init__(self, message, request=request, problem=problem, report=report)
         self.key = key
         self.retry_after = retry_after
 

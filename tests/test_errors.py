@@ -151,6 +151,20 @@ def test_circuit_open_error_fields() -> None:
     assert (err.key, err.retry_after, err.response) == ("https://api.test:443", 12.5, None)
     with pytest.raises(RuntimeError):
         err.request  # noqa: B018 - no request attached yet
+    assert (str(err), err.args) == ("open", ("open",))
+    by_name = CircuitOpenError(message="open", key="k", retry_after=1.0)
+    assert (str(by_name), by_name.args) == ("open", ("open",))
+    back = pickle.loads(pickle.dumps(err))
+    assert type(back) is CircuitOpenError
+    assert (str(back), back.key, back.retry_after) == ("open", "https://api.test:443", 12.5)
+
+    class MineOpen(CircuitOpenError):
+        pass
+
+    mine = MineOpen("mine", key="k", retry_after=2.0)
+    assert (type(mine), str(mine), mine.key) == (MineOpen, "mine", "k")
+    with pytest.raises(TypeError):
+        CircuitOpenError("open", retry_after=1.0)  # type: ignore[call-arg]
 
 
 def test_errors_pickle() -> None:
