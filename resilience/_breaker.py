@@ -99,6 +99,18 @@ _SPLIT = Action.SPLIT
 _DEFAULT_PORTS = {"https": 443, "http": 80, "wss": 443, "ws": 80, "ftp": 21}
 
 
+#: A break with this little left (seconds) is over. Sleeping exactly the
+#: ``retry_after`` a circuit gave can land a few ulps short of its end, since
+#: ``now + (until - now)`` need not round back to ``until``.
+_SLACK = 1e-6
+
+
+def _remaining(until: float, now: float) -> float:
+    """Seconds of a break left at ``now`` (0.0 once within :data:`_SLACK` of its end)."""
+    wait = until - now
+    return wait if wait > _SLACK else 0.0
+
+
 def _counted(verdict: Verdict) -> int:
     """How a verdict counts: as a failure, a success, or neither (0)."""
     if verdict.breaker_failure:
@@ -360,7 +372,7 @@ class Circuit:
         live = self._live()
         live._poll(live._registry._clock.now())
         if live._state is _OPEN:
-            return max(live._until - live._registry._clock.now(), 0.0)
+            return _remaining(live._until, live._registry._clock.now())
         if live._state is _ISOLATED:
             return math.inf
         return 0.0
@@ -406,7 +418,7 @@ class Circuit:
         return ((total >> (32 * field)) & _MASK) / calls
 
     def _poll(self, now: float) -> None:
-        if self._state is _OPEN and now >= self._until:
+        if self._state is _OPEN and self._until - now <= _SLACK:
             self._move(_HALF_OPEN, None)
 
     def _admit(self, now: float, call: Call | None) -> float | None:
@@ -416,9 +428,11 @@ class Circuit:
             return None
         if state is _OPEN:
             wait = self._until - now
-            if wait > 0:
+            if wait > _SLACK:
                 return wait
             self._move(_HALF_OPEN, call)
+            if self._state is not _HALF_OPEN:  # a hook isolated or reset it
+                return self._admit(now, call)
         elif state is _ISOLATED:
             return math.inf
         if self._probes < self._registry._half_open_calls:
@@ -721,7 +735,7 @@ class CircuitRegistry:
             return 0.0
         state = circuit._state
         if state is _OPEN:
-            return max(circuit._until - self._clock.now(), 0.0)
+            return _remaining(circuit._until, self._clock.now())
         if state is _ISOLATED:
             return math.inf
         return 0.0
@@ -903,8 +917,12 @@ class _BreakerHandler:
             circuit._complete(gen, code, call)
         elif code and circuit._gen == gen:
             # The registry forgot the (closed, idle) circuit while the call ran:
-            # count the outcome in the circuit it holds for the key now.
-            self._registry.get(key)._complete(None, code, call)
+            # count the outcome in the circuit it holds for the key now, but only
+            # while that one is closed too. A call admitted before a break must
+            # not settle the probes of a later half-open.
+            live = self._registry.get(key)
+            if live._state is _CLOSED:
+                live._complete(None, code, call)
 
     def _reject(self, request: httpx.Request, call: Call, key: str, wait: float) -> Outcome:
         # The error is returned, never raised here: no traceback is built until the

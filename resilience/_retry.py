@@ -26,6 +26,10 @@ __all__ = ["Backoff", "ExponentialBackoff", "Retry", "RetryBudget"]
 
 logger = logging.getLogger("resilience")
 
+#: How early (seconds) a sleep for a breaker's half-open may have woken and still
+#: be finished rather than count as an attempt.
+_EARLY_WAKE = 0.05
+
 JITTER_MODES = ("none", "full", "equal", "decorrelated", "proportional")
 
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
@@ -341,6 +345,14 @@ class _RetryHandler:
                     f" request_id={problem.request_id}" if problem and problem.request_id else "",
                 )
             await clock.sleep(delay)
+            if config.wait_for_half_open and self.breakers:
+                # A timer may fire a little early (asyncio's clock resolution is
+                # 15.6 ms on Windows): finish the wait for the half-open rather than
+                # spend an attempt on a breaker that is still open.
+                rest = self._blocked(request)
+                while 0.0 < rest <= _EARLY_WAKE:
+                    await clock.sleep(rest)
+                    rest = self._blocked(request)
             previous = delay
             attempt += 1
 

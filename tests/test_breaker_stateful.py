@@ -82,8 +82,13 @@ class Model:
         self.state = new
         self.probes = self.passed = 0
 
+    def blocked(self, now: float) -> bool:
+        """Whether the break lasts at ``now``: a break within a microsecond of its
+        end is over (so a sleep of exactly ``retry_after`` is enough)."""
+        return self.until - now > 1e-6
+
     def poll(self, now: float) -> None:
-        if self.state == "open" and now >= self.until:
+        if self.state == "open" and not self.blocked(now):
             self.move("half_open")
 
     def open(self, now: float, reopenings: int) -> None:
@@ -101,7 +106,7 @@ class Model:
         if self.state == "isolated":
             return math.inf
         if self.state == "open":
-            if now < self.until:
+            if self.blocked(now):
                 return self.until - now
             self.move("half_open")
         if self.probes < self.config.half_open_calls:
@@ -152,7 +157,7 @@ class Model:
 
     def retry_after(self, now: float) -> float:
         if self.state == "open":
-            return max(self.until - now, 0.0)
+            return self.until - now if self.blocked(now) else 0.0
         return math.inf if self.state == "isolated" else 0.0
 
 
