@@ -31,6 +31,7 @@ import json
 import logging
 import math
 import re
+import weakref
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import quote_plus
 
@@ -325,6 +326,19 @@ class TokenFetchError(AuthenticationError):
         self.retry_after = retry_after
 
 
+#: httpx's own default: 5 s for each of connect, read, write and pool.
+_HTTPX_DEFAULT_TIMEOUT = httpx.Timeout(5.0)
+
+
+def _transient_status(status: int | None) -> bool:
+    """Whether a token endpoint answering ``status`` may answer better later: 408,
+    425, 429 and every 5xx but 501 (Not Implemented) and 505 (HTTP Version Not
+    Supported), which say the request itself will never work."""
+    if status is None:
+        return False
+    return status in RETRY_STATUSES or (500 <= status < 600 and status not in (501, 505))
+
+
 def token_from_response(
     response: httpx.Response,
     *,
@@ -345,7 +359,8 @@ def token_from_response(
     Raises:
         TokenFetchError: the status is not 2xx (``problem.code`` is the body's
             ``error`` / ``errorType`` / ``code`` when it looks like a code; 408,
-            425, 429 and 5xx are ``transient``, with ``Retry-After`` honoured), or
+            425, 429 and 5xx but 501 and 505 are ``transient``, with ``Retry-After``
+            honoured), or
             the body is not JSON, lacks the token, or has a token or a life of
             the wrong type (a negative ``expires_in`` included).
     """
@@ -353,7 +368,7 @@ def token_from_response(
     status = response.status_code
     if not 200 <= status < 300:
         code, request_id = _error_fields(response)
-        transient = status in RETRY_STATUSES
+        transient = _transient_status(status)
         problem = Problem(
             vendor=vendor,
             status=status,
@@ -519,7 +534,8 @@ class AuthRefresh:
         validator=v.number(minimum=0, exclusive_minimum=True, optional=True),
     )
     """Seconds one token fetch may take (``Timeout(attempt=...)`` does not cover it);
-    a fetch that runs out is a transient failure. ``None``: no limit of its own."""
+    a fetch that runs out is a transient failure. ``None``: no limit of its own,
+    only httpx's default of 5 s for each connect, read, write and pool wait."""
 
     def refresh_after(self, expires_in: float | None) -> float:
         """Seconds after a fetch starts at which its token is refreshed proactively.
@@ -580,6 +596,9 @@ class _AuthHandler:
     pause_until: float = attrs.field(default=-math.inf, init=False)
     """No proactive fetch before this time (set after one failed)."""
     locks: dict[str, anyio.Lock] = attrs.field(factory=dict, init=False)
+    replayed: weakref.WeakSet[Call] = attrs.field(factory=weakref.WeakSet, init=False)
+    """Calls that already refreshed and replayed once (a call may pass here again:
+    a Retry attempt, a splitter's re-request)."""
 
     def __repr__(self) -> str:
         state = "no token" if self.token is None else f"token #{self.generation}"
@@ -596,6 +615,11 @@ class _AuthHandler:
         outcome = await call_next(self._attach(request, token), call)
         if outcome.verdict.action is not Action.REFRESH_AUTH:
             return outcome
+        if call in self.replayed:
+            # Refreshed once already in this call (before a Retry of some other
+            # failure): a second rejection is final, not another fetch.
+            self._rejected_again(request, outcome)
+            return outcome
         if not _body_replayable(request):
             # This request cannot go again, but the next one should not fail too.
             await self._obtain(request, call, generation)
@@ -604,18 +628,22 @@ class _AuthHandler:
         obtained = await self._obtain(request, call, generation)
         if isinstance(obtained, Outcome):
             return obtained
+        self.replayed.add(call)
         outcome = await call_next(self._attach(request, obtained[0]), call)
         if outcome.verdict.action is Action.REFRESH_AUTH:
-            problem = outcome.verdict.problem
-            logger.warning(
-                "resilience auth: %s %s rejected again after a token refresh (%s)%s",
-                request.method,
-                request.url.host,
-                outcome.verdict.reason,
-                # The vendor's request id (Turris's requestId), for support tickets.
-                f" request_id={problem.request_id}" if problem and problem.request_id else "",
-            )
+            self._rejected_again(request, outcome)
         return outcome
+
+    def _rejected_again(self, request: httpx.Request, outcome: Outcome) -> None:
+        problem = outcome.verdict.problem
+        logger.warning(
+            "resilience auth: %s %s rejected again after a token refresh (%s)%s",
+            request.method,
+            request.url.host,
+            outcome.verdict.reason,
+            # The vendor's request id (Turris's requestId), for support tickets.
+            f" request_id={problem.request_id}" if problem and problem.request_id else "",
+        )
 
     def _attach(self, request: httpx.Request, token: Token) -> httpx.Request:
         # A copy: the caller's request (which Retry may send again) never holds a token.
@@ -640,7 +668,11 @@ class _AuthHandler:
         if token is None:
             return None
         if rejected is not None:
-            return (token, self.generation) if self.generation != rejected else None
+            # A token already replaced since the rejected one was sent: replay with
+            # the replacement, unless that has expired meanwhile too.
+            if self.generation != rejected and now < self.expires_at:
+                return token, self.generation
+            return None
         if now < self.refresh_at:
             return token, self.generation
         if now < self.expires_at and (now < self.pause_until or (fast and self._lock().locked())):
@@ -740,6 +772,12 @@ class _AuthHandler:
                     # Proxy settings from the environment would route around the
                     # inner transport.
                     trust_env=False,
+                    # fetch_timeout bounds the whole fetch; httpx's default 5 s per
+                    # read would cut a slow endpoint short of it. Without one, that
+                    # default stays.
+                    timeout=_HTTPX_DEFAULT_TIMEOUT
+                    if self.config.fetch_timeout is None
+                    else self.config.fetch_timeout,
                 )
             )
             limit = self.config.fetch_timeout
@@ -766,11 +804,11 @@ class _AuthHandler:
         if isinstance(exc, AuthenticationError):
             # A plugin's own error: its problem's status tells whether to try again.
             problem = exc.problem
-            transient = problem is not None and problem.status in RETRY_STATUSES
+            transient = problem is not None and _transient_status(problem.status)
             return _Failure(str(exc), problem, transient, None)
         if isinstance(exc, httpx.HTTPStatusError):
             status = exc.response.status_code
-            transient = status in RETRY_STATUSES
+            transient = _transient_status(status)
             problem = Problem(
                 vendor=vendor, status=status, code=str(status), title="token request refused"
             )

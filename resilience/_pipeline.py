@@ -396,6 +396,8 @@ class Pipeline:
         if isinstance(error, errors.ResilienceError):
             if response is not None and response is not error.response:
                 await outcome.aclose()  # the error does not hand it on: release it
+            if error.response is not None:
+                error.response.request = call.request
             outcome.error = None
             del outcome
             try:
@@ -409,6 +411,10 @@ class Pipeline:
         await outcome.aclose()
         if view is not None:
             view.extensions = {**view.extensions, "resilience": report}
+            # The caller's request, as httpx's client gives a response: the one
+            # sent may be a layer's copy carrying a token (an API key header
+            # shows in a repr).
+            view.request = call.request
         verdict = outcome.verdict
         del outcome
         raise _error_for(call, verdict, view) from error
