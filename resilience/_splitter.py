@@ -403,8 +403,18 @@ class _SplitterHandler:
             if not pending:
                 return
             delay = self._delay(round_no, previous, (state.failures[p] for p in pending))
+            # Everything that would make the round send nothing is known before its
+            # wait, and no wait is spent on it: parts no request can be narrowed to,
+            # parts whose breaker stays open past the wait, a spent budget.
+            pending = self._still_closed_after(pending, delay, state)
+            plan = self._plan(splitter, request, pending, state, holding=False)
+            if not plan:
+                return
             if not self._fits(call, delay):
                 state.gave_up = "deadline"
+                return
+            if self.bucket is not None and not self.bucket.try_withdraw(clock.now()):
+                state.gave_up = "budget"
                 return
             # A round is a retry of the failed parts: hooks and telemetry see it as one.
             self.env.emit(
@@ -413,15 +423,17 @@ class _SplitterHandler:
                     host=request.url.host,
                     attempt=round_no + 1,
                     delay=delay,
-                    verdict=state.failures[pending[0]],
+                    verdict=state.failures[plan[0][0][0]],
                 ),
                 call,
             )
             await clock.sleep(delay)
             call.report.delays.append(delay)
             previous = delay
-            allowed = self._allow(pending, state)
-            plan = self._plan(splitter, request, allowed, state)
+            planned = [part for parts, _ in plan for part in parts]
+            allowed = self._allow(planned, state)
+            if len(allowed) != len(planned):
+                plan = self._plan(splitter, request, allowed, state, holding=True)
             stop = await self._run_plan(call, call_next, splitter, plan, state)
             if stop is not None:
                 state.gave_up = stop
@@ -439,6 +451,7 @@ class _SplitterHandler:
     ) -> str | None:
         """Send one round's narrowed requests; why it stopped early, if it did.
 
+        The first request's share of the retry budget was taken before the wait.
         Every part in ``plan`` holds a breaker slot: each is recorded or released,
         including the parts not reached when the round stops or is cancelled.
         """
@@ -447,7 +460,11 @@ class _SplitterHandler:
             for parts, narrowed in plan:
                 if not self._fits(call, 0.0):
                     return "deadline"
-                if self.bucket is not None and not self.bucket.try_withdraw(self.env.clock.now()):
+                if (
+                    sent
+                    and self.bucket is not None
+                    and not self.bucket.try_withdraw(self.env.clock.now())
+                ):
                     return "budget"
                 sent += 1
                 if not await self._re_request(call, call_next, splitter, parts, narrowed, state):
@@ -472,12 +489,20 @@ class _SplitterHandler:
         started = clock.now()
         remaining = call.remaining()
         limit = None if remaining is None else max(remaining - self.config.reserve, 0.0)
+        deadline = call.deadline
         outcome: Outcome | None = None
         try:
             # Leave time to deliver what worked: a re-request still hanging near the
             # deadline is abandoned, not allowed to take the whole call down with it.
-            with anyio.move_on_after(limit if limit is not None else float("inf")):
-                outcome = await call_next(narrowed, call)
+            # The layers below see the deadline less the reserve too, so a Retry
+            # there does not sleep into it (the cancel scope only counts real time).
+            if deadline is not None:
+                call.deadline = deadline - self.config.reserve
+            try:
+                with anyio.move_on_after(limit if limit is not None else float("inf")):
+                    outcome = await call_next(narrowed, call)
+            finally:
+                call.deadline = deadline
             if outcome is None:
                 self._release(parts)
                 return False
@@ -605,9 +630,19 @@ class _SplitterHandler:
         return render_json(request, view, state.payload)
 
     def _plan(
-        self, splitter: Any, request: httpx.Request, parts: Sequence[str], state: _Round
+        self,
+        splitter: Any,
+        request: httpx.Request,
+        parts: Sequence[str],
+        state: _Round,
+        *,
+        holding: bool,
     ) -> list[tuple[tuple[str, ...], httpx.Request]]:
-        """Narrowed requests covering ``parts``: all at once if possible, else one each."""
+        """Narrowed requests covering ``parts``: all at once if possible, else one each.
+
+        A part no request can be narrowed to is left out for good (it keeps its
+        failure); when the parts hold breaker slots (``holding``), its slot is freed.
+        """
         if not parts:
             return []
         if len(parts) > 1:
@@ -619,7 +654,8 @@ class _SplitterHandler:
             alone = self._narrow(splitter, request, (part,))
             if alone is None:
                 state.unnarrowable.add(part)
-                self._release((part,))
+                if holding:
+                    self._release((part,))
             else:
                 plan.append(((part,), alone))
         return plan
@@ -690,6 +726,28 @@ class _SplitterHandler:
         if wait is None:
             self._record(part, verdict, None)
         return wait
+
+    def _still_closed_after(self, parts: Sequence[str], delay: float, state: _Round) -> list[str]:
+        """``parts`` but those whose breaker is open for longer than ``delay``.
+
+        Those are reported as open circuits now, not after a wait that could only
+        end in a refusal; a breaker that half-opens within the wait is kept, so the
+        round probes it. The registry is asked through its usual allow() (a slot
+        taken is freed at once, before anything else runs).
+        """
+        if self.registry is None:
+            return list(parts)
+        kept = []
+        for part in parts:
+            wait = self._allow_one(part)
+            if wait is None:
+                self._release((part,))
+                kept.append(part)
+            elif wait > delay:
+                state.failures[part] = open_circuit_verdict(self.env.vendor, self._key(part), wait)
+            else:
+                kept.append(part)
+        return kept
 
     def _allow(self, parts: Sequence[str], state: _Round) -> list[str]:
         """The parts whose breaker lets a re-request through (each takes a slot)."""

@@ -358,13 +358,15 @@ async def test_parts_narrow_one_by_one_otherwise() -> None:
 
 
 async def test_no_narrow_means_report_only() -> None:
-    """A classifier that cannot narrow: failures are reported, nothing re-asked."""
+    """A classifier that cannot narrow: failures are reported, nothing re-asked,
+    and no wait is spent on a round that could send nothing."""
     mesh = Mesh({"a": ["ok"], "b": ["retry", "ok"]})
     transport, inner, clock = build(mesh, classifier=MeshClassifier(narrows=False))
     response = await get(transport)
     assert response.extensions["resilience"].partial.failures["b"].action is Action.RETRY
     assert len(inner.requests) == 1
-    assert clock.sleeps == [1.0]
+    assert clock.sleeps == []
+    assert response.extensions["resilience"].delays == []
 
 
 async def test_narrowed_request_goes_through_retry_below() -> None:

@@ -436,7 +436,8 @@ def test_classifier_is_a_splitting_classifier() -> None:
 
 
 def test_split_separates_items_and_failed_backends() -> None:
-    """The payload keeps the items with an empty errors object; failures per backend."""
+    """The payload keeps the items, and in its errors object only what is not
+    tracked (a blank backend key, kept as Derapi gave it); failures per backend."""
     request, response = _list(
         {
             "sites": [{"id": "site-1", "vendor": "sma"}, {"id": "site-2", "vendor": "tesla"}],
@@ -448,7 +449,7 @@ def test_split_separates_items_and_failed_backends() -> None:
     assert isinstance(result, Split)
     assert result.payload == {
         "sites": [{"id": "site-1", "vendor": "sma"}, {"id": "site-2", "vendor": "tesla"}],
-        "errors": {},
+        "errors": {"": "z"},
         "nextPageToken": "abc",
     }
     assert list(result.failures) == ["solis", "solaredge", "n"]

@@ -132,8 +132,9 @@ INTERNAL_ERRORS_EXTENSION = "resilience.derapi.internal_errors"
 #: Backend keys the splitter may put in a ``vendor`` filter (the SDK's Vendor enum
 #: is lower-case words; anything else in an ``errors`` object is not narrowed).
 _VENDOR_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
-#: Most backends read from one ``errors`` object (a garbage body may hold more).
-_MAX_BACKENDS = 100
+#: Most backends tracked from one ``errors`` object (a garbage body may hold more;
+#: the rest stay in the rendered ``errors`` as Derapi gave them).
+_MAX_BACKENDS = 1000
 _MAX_TEXT = 500
 _STANDARD_MEMBERS = frozenset({"type", "title", "detail", "errors"})
 _SEPARATORS = re.compile(r"[\s_\-]+")
@@ -467,7 +468,8 @@ class DerapiClassifier:
     ) -> Split | None:
         """Split a partial-success list: the items that came back, the failed backends.
 
-        The payload is the body with an empty ``errors`` object; ``succeeded``
+        The payload is the body whose ``errors`` object keeps only what is not
+        tracked as a failure (a blank key, entries past the thousandth); ``succeeded``
         holds the ``vendor`` of the items returned (and the ``vendor`` filter of a
         narrowed request that came back clean).
         """
@@ -475,11 +477,14 @@ class DerapiClassifier:
         if body is None:
             return None
         failures: dict[str, Verdict] = {}
+        untracked: dict[str, Any] = {}
         errors = body.get("errors")
         if isinstance(errors, dict):
-            for backend, message in list(errors.items())[:_MAX_BACKENDS]:
-                if isinstance(backend, str) and backend.strip():
+            for backend, message in errors.items():
+                if len(failures) < _MAX_BACKENDS and isinstance(backend, str) and backend.strip():
                     failures[backend] = backend_verdict(backend, message)
+                else:
+                    untracked[backend] = message  # still failed: never dropped
         succeeded: set[str] = set()
         for value in body.values():
             if isinstance(value, list):
@@ -490,7 +495,7 @@ class DerapiClassifier:
         if asked:
             succeeded.add(asked)
         payload = dict(body)
-        payload["errors"] = {}
+        payload["errors"] = untracked
         return Split(
             payload=payload,
             failures=failures,
@@ -532,7 +537,11 @@ class DerapiClassifier:
         """
         if isinstance(payload, dict):
             payload = dict(payload)
-            payload["errors"] = {part: _message(verdict) for part, verdict in failures.items()}
+            untracked = payload.get("errors")
+            errors = {part: _message(verdict) for part, verdict in failures.items()}
+            if isinstance(untracked, dict):
+                errors.update((k, v) for k, v in untracked.items() if k not in errors)
+            payload["errors"] = errors
         return render_json(request, response, payload)
 
 
