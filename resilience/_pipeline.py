@@ -170,11 +170,16 @@ class Call:
 
         When every attempt already has its verdict (the time ran out during a
         backoff sleep), the classifier is not asked again: each attempt is
-        classified exactly once, and the generic reading of ``error`` is used.
+        classified exactly once. The call then ends on the last attempt's RETRY
+        verdict, whose problem (status, code, request id) says more than the
+        timeout does; without one, on the generic reading of ``error``.
         """
         report = self.report
-        if len(report.verdicts) < report.attempts:
+        verdicts = report.verdicts
+        if len(verdicts) < report.attempts:
             verdict = self.classify(request, None, error)
+        elif verdicts and verdicts[-1].action is Action.RETRY:
+            verdict = verdicts[-1]
         else:
             verdict = classify_error(self.env.vendor, error)
         return Outcome(request, verdict, error=error)
@@ -226,8 +231,23 @@ async def buffer_response(response: httpx.Response, request: httpx.Request) -> h
         # Nothing to decode: the raw bytes are the content. httpx's read() would spend
         # ~6 µs on decoders and chunkers to arrive at the same bytes.
         view._content = raw
-    else:
+        return view
+    try:
         view.read()  # in memory: the sync read decodes without async-generator overhead
+    except httpx.DecodingError:
+        if response.status_code < 400 or not _IDENTITY_SHORTCUT:
+            raise
+        # An error page that does not decode (a proxy's HTML under a gzip header):
+        # the whole body arrived, so the status still says what happened. The view
+        # holds the raw bytes, which a classifier reads as a body it cannot parse.
+        view = httpx.Response(
+            response.status_code,
+            headers=response.headers,
+            stream=httpx.ByteStream(raw),
+            request=request,
+            extensions=response.extensions,
+        )
+        view._content = raw
     return view
 
 

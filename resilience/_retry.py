@@ -246,7 +246,8 @@ class Retry:
         """Why ``request`` must not be replayed, or ``None`` when it may be."""
         if not self.retry_non_idempotent and request.method not in self.idempotent_methods:
             headers = request.headers
-            if not any(name in headers for name in IDEMPOTENCY_HEADERS):
+            # An empty key promises nothing: the server cannot deduplicate on it.
+            if not any(headers.get(name, "").strip() for name in IDEMPOTENCY_HEADERS):
                 return "not_idempotent"
         if not isinstance(request.stream, httpx.ByteStream):
             try:
@@ -297,7 +298,8 @@ class _RetryHandler:
                 delay = config.backoff.delay(attempt - 1, previous)
                 if hint is not None and hint > delay:
                     delay = hint
-                delay = min(max(delay, 0.0), self.cap)
+                # "not >= 0" also catches a custom Backoff's NaN, which max() keeps.
+                delay = min(delay if delay >= 0.0 else 0.0, self.cap)
                 blocked = self._blocked(request)
                 if blocked > delay:
                     # The next attempt would meet an open breaker: wait for it to

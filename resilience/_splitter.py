@@ -680,7 +680,7 @@ class _SplitterHandler:
         hints = [v.retry_after for v in verdicts if v.retry_after is not None]
         if hints and max(hints) > delay:
             delay = max(hints)
-        return min(max(delay, 0.0), self.cap)
+        return min(delay if delay >= 0.0 else 0.0, self.cap)
 
     def _fits(self, call: Call, delay: float) -> bool:
         """Whether a wait of ``delay`` still leaves the reserve before the deadline."""

@@ -21,6 +21,14 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _fits_a_float(value: int) -> bool:
+    try:
+        float(value)
+    except OverflowError:
+        return False
+    return True
+
+
 def number(
     *,
     minimum: float | None = None,
@@ -44,6 +52,12 @@ def number(
             raise ConfigurationError(
                 f"{_owner(instance)}: {attribute.name} must be {kind}"
                 f"{' or None' if optional else ''}, got {value!r}"
+            )
+        if not integer and isinstance(value, int) and not _fits_a_float(value):
+            # Times and ratios are computed as floats: 10**400 would overflow later.
+            raise ConfigurationError(
+                f"{_owner(instance)}: {attribute.name} must be a finite number, "
+                "got an integer too large for a float"
             )
         if minimum is not None:
             if exclusive_minimum and not value > minimum:

@@ -139,6 +139,10 @@ class ScriptedTransport(httpx.AsyncBaseTransport):
     requests: list[httpx.Request] = attrs.field(factory=list, init=False)
     responses: list[httpx.Response] = attrs.field(factory=list, init=False)
     closed: bool = attrs.field(default=False, init=False)
+    _streams: list[Any] = attrs.field(factory=list, init=False)
+    """The body stream each response was handed out with (the pipeline may give a
+    response a new stream once it has read the body; the original is the one a
+    real connection would hold)."""
 
     @classmethod
     def of(cls, *steps: Step) -> ScriptedTransport:
@@ -153,6 +157,7 @@ class ScriptedTransport(httpx.AsyncBaseTransport):
             raise step
         response = step(request) if callable(step) else _copy(step)
         self.responses.append(response)
+        self._streams.append(response.stream)
         return response
 
     async def aclose(self) -> None:
@@ -161,7 +166,9 @@ class ScriptedTransport(httpx.AsyncBaseTransport):
     def unclosed(self) -> list[httpx.Response]:
         """Responses whose body stream was never closed (a leaked connection)."""
         return [
-            r for r in self.responses if isinstance(r.stream, ClosingStream) and not r.stream.closed
+            response
+            for response, stream in zip(self.responses, self._streams, strict=True)
+            if isinstance(stream, ClosingStream) and not stream.closed
         ]
 
 
