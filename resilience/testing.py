@@ -13,8 +13,9 @@ import anyio
 import attrs
 import httpx
 
-from ._clock import VirtualClock
+from ._clock import Clock, VirtualClock
 from ._conformance import PluginConformance
+from ._pipeline import Pipeline
 from ._simulator import (
     Fault,
     FaultPlan,
@@ -30,6 +31,7 @@ from ._simulator import (
     route,
     serve,
 )
+from ._transport import ResilientTransport
 
 __all__ = [
     "ClosingStream",
@@ -52,6 +54,7 @@ __all__ = [
     "reply",
     "route",
     "serve",
+    "through",
 ]
 
 Step = httpx.Response | BaseException | Callable[[httpx.Request], httpx.Response]
@@ -179,6 +182,25 @@ def _copy(response: httpx.Response) -> httpx.Response:
     return httpx.Response(
         response.status_code, headers=response.headers, stream=ClosingStream(body)
     )
+
+
+def through(
+    inner: httpx.AsyncBaseTransport,
+    *layers: Any,
+    clock: Clock | None = None,
+    **options: Any,
+) -> ResilientTransport:
+    """``ResilientTransport(Pipeline(layers, **options), inner=inner)`` for a test.
+
+    The pipeline runs on ``clock`` (a new :class:`VirtualClock` by default) with
+    telemetry off unless ``telemetry=True`` is passed; ``options`` are the other
+    :class:`~resilience.Pipeline` arguments (``classifier``, ``hooks``, ...).
+    """
+    options.setdefault("telemetry", False)
+    pipeline = Pipeline(
+        list(layers), clock=clock if clock is not None else VirtualClock(), **options
+    )
+    return ResilientTransport(pipeline, inner=inner)
 
 
 def requests_of(transport: ScriptedTransport) -> Iterable[str]:

@@ -15,8 +15,6 @@ from resilience import (
     AuthRefresh,
     ExponentialBackoff,
     OAuth2ClientCredentials,
-    Pipeline,
-    ResilientTransport,
     Retry,
     StaticToken,
     Token,
@@ -24,7 +22,7 @@ from resilience import (
     TokenRefreshed,
 )
 from resilience.errors import AuthenticationError
-from resilience.testing import ClosingStream, VirtualClock, reply
+from resilience.testing import ClosingStream, VirtualClock, reply, through
 
 pytestmark = pytest.mark.anyio
 
@@ -116,9 +114,9 @@ def make_client(
 ) -> httpx.AsyncClient:
     """An AsyncClient on the API, through ``Pipeline(layers)``, over ``fake``."""
     hooks = [events.append] if events is not None else []
-    pipeline = Pipeline(list(layers), clock=clock, hooks=hooks, telemetry=False, **kwargs)
     inner = fake if isinstance(fake, httpx.AsyncBaseTransport) else httpx.MockTransport(fake)
-    return httpx.AsyncClient(base_url=API, transport=ResilientTransport(pipeline, inner=inner))
+    transport = through(inner, *layers, clock=clock, hooks=hooks, **kwargs)
+    return httpx.AsyncClient(base_url=API, transport=transport)
 
 
 def refreshes(events: list[Any]) -> list[str]:

@@ -15,8 +15,6 @@ from resilience import (
     CircuitBreaker,
     ExponentialBackoff,
     OAuth2ClientCredentials,
-    Pipeline,
-    ResilientTransport,
     Retry,
     RetryBudget,
     StaticToken,
@@ -24,7 +22,7 @@ from resilience import (
     TokenRefreshed,
 )
 from resilience.errors import AuthenticationError, CircuitOpenError
-from resilience.testing import VirtualClock, reply
+from resilience.testing import VirtualClock, reply, through
 
 pytestmark = pytest.mark.anyio
 
@@ -113,9 +111,9 @@ def client_for(
 ) -> httpx.AsyncClient:
     """An AsyncClient on the API through ``Pipeline(layers)`` over ``inner``."""
     hooks = [events.append] if events is not None else []
-    pipeline = Pipeline(list(layers), clock=clock, hooks=hooks, telemetry=False, **kwargs)
-    transport = inner if isinstance(inner, httpx.AsyncBaseTransport) else httpx.MockTransport(inner)
-    return httpx.AsyncClient(base_url=API, transport=ResilientTransport(pipeline, inner=transport))
+    sender = inner if isinstance(inner, httpx.AsyncBaseTransport) else httpx.MockTransport(inner)
+    transport = through(sender, *layers, clock=clock, hooks=hooks, **kwargs)
+    return httpx.AsyncClient(base_url=API, transport=transport)
 
 
 def triggers(events: list[Any]) -> list[str]:

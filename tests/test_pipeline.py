@@ -36,7 +36,14 @@ from resilience.errors import (
     PermanentError,
     RetriesExhausted,
 )
-from resilience.testing import ClosingStream, ScriptedTransport, StallingStream, VirtualClock, reply
+from resilience.testing import (
+    ClosingStream,
+    ScriptedTransport,
+    StallingStream,
+    VirtualClock,
+    reply,
+    through,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -78,14 +85,7 @@ def transport_for(
     **kwargs: Any,
 ) -> ResilientTransport:
     """A ResilientTransport with a virtual clock and telemetry off."""
-    pipeline = Pipeline(
-        list(layers),
-        classifier=classifier,  # type: ignore[arg-type]
-        clock=clock or VirtualClock(),
-        telemetry=False,
-        **kwargs,
-    )
-    return ResilientTransport(pipeline, inner=inner)
+    return through(inner, *layers, classifier=classifier, clock=clock, **kwargs)
 
 
 class FailingStream(ClosingStream):
@@ -693,3 +693,18 @@ async def test_a_raised_error_is_freed_without_the_garbage_collector(
         if enabled:
             gc.enable()
         await client.aclose()
+
+
+async def test_through_builds_a_transport_for_tests() -> None:
+    """``resilience.testing.through``: a virtual clock and no telemetry by default."""
+    inner = ScriptedTransport.of(reply(503), reply(200))
+    resilient = through(inner, Retry(backoff=ONE))
+    response = await resilient.handle_async_request(httpx.Request("GET", URL))
+    assert response.status_code == 200
+    clock = resilient.pipeline.clock
+    assert isinstance(clock, VirtualClock)
+    assert clock.sleeps == [1.0]
+    assert resilient.pipeline.env.instrument is None
+    assert through(inner, telemetry=True).pipeline.env.instrument is not None
+    own = VirtualClock()
+    assert through(inner, clock=own, raise_on_failure=False).pipeline.clock is own

@@ -20,7 +20,6 @@ import pytest
 from resilience import (
     Action,
     ExponentialBackoff,
-    Pipeline,
     ResilientTransport,
     Retry,
     RetryBudget,
@@ -30,7 +29,7 @@ from resilience import (
 from resilience._classifier import HttpClassifier, classify_status, retry_after_of
 from resilience._pipeline import Call, CallNext, Outcome, PipelineEnv
 from resilience.errors import ConfigurationError, PermanentError, RetriesExhausted
-from resilience.testing import ClosingStream, VirtualClock
+from resilience.testing import ClosingStream, VirtualClock, through
 
 pytestmark = pytest.mark.anyio
 
@@ -77,8 +76,7 @@ def transport(
     clock: VirtualClock | None = None,
     **kwargs: Any,
 ) -> ResilientTransport:
-    pipeline = Pipeline(list(layers), clock=clock or VirtualClock(), telemetry=False, **kwargs)
-    return ResilientTransport(pipeline, inner=inner)
+    return through(inner, *layers, clock=clock, **kwargs)
 
 
 # -- every discarded response is closed (at the transport's own stream) ----------------
@@ -413,9 +411,11 @@ async def test_a_backoff_returning_nan_waits_nothing() -> None:
     """A custom Backoff's NaN is read as no wait, never passed on to the clock."""
 
     class Broken:
-        max_delay = 30.0
+        @property
+        def max_delay(self) -> float:
+            return 30.0
 
-        def delay(self, attempt: int, previous: float | None) -> float:
+        def delay(self, retry: int, previous: float | None = None) -> float:
             return float("nan")
 
     clock = VirtualClock()

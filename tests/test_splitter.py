@@ -38,7 +38,7 @@ from resilience import (
     render_json,
 )
 from resilience.errors import PartialFailureError
-from resilience.testing import ScriptedTransport, VirtualClock, reply
+from resilience.testing import ScriptedTransport, VirtualClock, reply, through
 
 pytestmark = pytest.mark.anyio
 
@@ -160,14 +160,10 @@ def build(
         retry or Retry(max_attempts=1, budget=None),
         *below,
     ]
-    pipeline = Pipeline(
-        layers,
-        classifier=classifier or MeshClassifier(),
-        clock=clock,
-        hooks=hooks,
-        telemetry=False,
+    transport = through(
+        inner, *layers, classifier=classifier or MeshClassifier(), clock=clock, hooks=hooks
     )
-    return ResilientTransport(pipeline, inner=inner), inner, clock
+    return transport, inner, clock
 
 
 async def get(transport: ResilientTransport, path: str = "/things") -> httpx.Response:

@@ -35,7 +35,7 @@ from resilience import (
     Verdict,
 )
 from resilience.errors import PartialFailureError
-from resilience.testing import ClosingStream, ScriptedTransport, VirtualClock, reply
+from resilience.testing import ClosingStream, ScriptedTransport, VirtualClock, reply, through
 
 pytestmark = pytest.mark.anyio
 
@@ -96,14 +96,10 @@ def build(
         retry or Retry(max_attempts=1, budget=None),
         *below,
     ]
-    pipeline = Pipeline(
-        layers,
-        classifier=classifier or DerapiClassifier(),
-        clock=clock,
-        hooks=hooks,
-        telemetry=False,
+    transport = through(
+        inner, *layers, classifier=classifier or DerapiClassifier(), clock=clock, hooks=hooks
     )
-    return ResilientTransport(pipeline, inner=inner), inner, clock
+    return transport, inner, clock
 
 
 async def get(transport: ResilientTransport, path: str = "/sites") -> httpx.Response:
