@@ -240,13 +240,6 @@ async def buffer_response(response: httpx.Response, request: httpx.Request) -> h
         # An error page that does not decode (a proxy's HTML under a gzip header):
         # the whole body arrived, so the status still says what happened. The view
         # holds the raw bytes, which a classifier reads as a body it cannot parse.
-        view = httpx.Response(
-            response.status_code,
-            headers=response.headers,
-            stream=httpx.ByteStream(raw),
-            request=request,
-            extensions=response.extensions,
-        )
         view._content = raw
     return view
 
