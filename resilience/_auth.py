@@ -12,7 +12,13 @@ counts it. A second ``REFRESH_AUTH`` travels up unchanged and surfaces as
 Token providers only fetch (``async fetch(http) -> Token``). ``AuthRefresh`` owns
 the cache, proactive refresh and single-flight: concurrent callers share one fetch.
 The ``http`` client handed to ``fetch`` sends through the pipeline's inner
-transport and through none of the layers (token endpoints are rate-limited).
+transport and through none of the layers (token endpoints are rate-limited); its
+``base_url`` is fixed when the layer is bound, never the request's origin.
+
+Credentials stay with their origin: a token is attached only to requests for the
+origins it was issued for (named in ``origins=``, else the provider's token
+endpoint's, else the first request's); any other request passes untouched, causes
+no fetch, and its rejection is final.
 
 Secrets (client secrets, tokens) never appear in a repr, a str, an error message,
 a log record or an event: providers keep them in :class:`~resilience.Secret`, and
@@ -32,7 +38,7 @@ import logging
 import math
 import re
 import weakref
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 from urllib.parse import quote_plus
 
 import anyio
@@ -41,12 +47,18 @@ import httpx
 import sniffio
 
 from . import _validate as v
-from ._classifier import RETRY_ERRORS, RETRY_STATUSES, retry_after_of
+from ._classifier import (
+    NEVER_RETRY_ERRORS,
+    RETRY_ERRORS,
+    RETRY_STATUSES,
+    local_protocol_error,
+    retry_after_of,
+)
 from ._clock import SYSTEM_CLOCK, Clock
 from ._events import TokenRefreshed
 from ._pipeline import Call, CallNext, Outcome, PipelineEnv
 from ._report import CallReport
-from ._secret import Secret
+from ._secret import Secret, mentions, scrub_problem
 from ._verdict import Action, Problem, Verdict
 from .errors import AuthenticationError, ConfigurationError
 
@@ -85,33 +97,35 @@ def _check_token_value(instance: Any, attribute: attrs.Attribute[Any], value: An
             f"got {type(value).__name__}{' (empty)' if value == '' else ''}"
         )
     if not _header_safe(value):
+        # Never quote the value: it is a credential.
         raise ConfigurationError(
-            f"{type(instance).__name__}: {attribute.name} has control or non-ASCII "
-            "characters, which an HTTP header cannot carry"
+            f"{type(instance).__name__}: {attribute.name} has surrounding whitespace, "
+            "control or non-ASCII characters, which an HTTP header cannot carry"
         )
 
 
 def _header_safe(value: str) -> bool:
-    # httpx encodes header values as ASCII; CR/LF would split the header.
-    return value.isascii() and _CONTROL.search(value) is None
+    # httpx encodes header values as ASCII; CR/LF would split the header; h11 refuses
+    # a value with surrounding whitespace and quotes it whole in its error.
+    return value.isascii() and _CONTROL.search(value) is None and value == value.strip()
 
 
-def _to_secret(value: str | Secret) -> Secret:
-    if not isinstance(value, (str, Secret)):
-        raise ConfigurationError(f"a secret must be a str or a Secret, got {type(value).__name__}")
-    return Secret(value)
+def _to_secret(value: Any) -> Any:
+    # Anything else is left for the validator, which knows the field's name.
+    return Secret(value) if isinstance(value, (str, Secret)) else value
 
 
-def _check_secret(instance: Any, attribute: attrs.Attribute[Any], value: Secret) -> None:
+def _check_secret(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     # Any text will do: a client secret is form-urlencoded before it is sent.
-    if not value:
+    if not isinstance(value, Secret) or not value:
         raise ConfigurationError(
-            f"{type(instance).__name__}: {attribute.name} must be a non-empty str"
+            f"{type(instance).__name__}: {attribute.name} must be a non-empty str or "
+            f"Secret, got {type(value).__name__}{' (empty)' if isinstance(value, Secret) else ''}"
         )
 
 
-def _check_static(instance: Any, attribute: attrs.Attribute[Any], value: Secret) -> None:
-    _check_token_value(instance, attribute, value.reveal())
+def _check_static(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    _check_token_value(instance, attribute, value.reveal() if isinstance(value, Secret) else value)
 
 
 def _check_non_empty_str(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
@@ -131,11 +145,83 @@ def _check_url(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> No
     if not isinstance(value, str):
         raise ConfigurationError(f"{problem}, got {type(value).__name__}")
     try:
-        url = httpx.URL(value)
+        url: httpx.URL | None = httpx.URL(value)
     except (httpx.InvalidURL, TypeError, ValueError):
-        raise ConfigurationError(problem) from None
-    if url.scheme not in ("http", "https") or not url.host:
+        url = None  # raised below, not here: httpx's error may quote the URL
+    if url is None or url.scheme not in ("http", "https") or not url.host:
         raise ConfigurationError(problem)
+
+
+Origin = tuple[str, str, int]
+"""(scheme, host, port) with the default port filled in: what a token is issued for."""
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def origin_of(url: httpx.URL) -> Origin:
+    """The origin of ``url`` (RFC 6454): scheme, host and port, ports normalised."""
+    scheme = url.scheme
+    return scheme, url.host, url.port or _DEFAULT_PORTS.get(scheme, 0)
+
+
+def _origin_text(origin: Origin) -> str:
+    scheme, host, port = origin
+    shown = f"[{host}]" if ":" in host else host
+    return (
+        f"{scheme}://{shown}"
+        if _DEFAULT_PORTS.get(scheme) == port
+        else (f"{scheme}://{shown}:{port}")
+    )
+
+
+def _absolute_origin(value: object, what: str) -> Origin:
+    """The origin of an absolute http(s) URL, else a ConfigurationError naming ``what``."""
+    problem = f"{what} must be an absolute http(s) URL"
+    if not isinstance(value, (str, httpx.URL)):
+        raise ConfigurationError(f"{problem}, got {type(value).__name__}")
+    try:
+        url: httpx.URL | None = httpx.URL(value)
+    except (httpx.InvalidURL, TypeError, ValueError):
+        url = None  # raised below, not here: httpx's error may quote the URL
+    if url is None or url.scheme not in _DEFAULT_PORTS or not url.host:
+        raise ConfigurationError(problem)
+    return origin_of(url)
+
+
+def _to_origins(value: Any) -> tuple[str, ...] | None:
+    """``origins=``: URLs (only their origins count) as normalised ``scheme://host[:port]``."""
+    if value is None:
+        return None
+    items = [value] if isinstance(value, (str, httpx.URL)) else value
+    if not isinstance(items, (list, tuple, set, frozenset)):
+        raise ConfigurationError(
+            f"AuthRefresh: origins must be a list of URLs or None, got {type(value).__name__}"
+        )
+    origins: list[str] = []
+    for index, item in enumerate(items):
+        text = _origin_text(_absolute_origin(item, f"AuthRefresh: origins[{index}]"))
+        if text not in origins:
+            origins.append(text)
+    if not origins:
+        raise ConfigurationError(
+            "AuthRefresh: origins is empty; name at least one (or leave it out for the "
+            "token endpoint's origin)"
+        )
+    return tuple(origins)
+
+
+def token_endpoint_of(provider: object) -> httpx.URL | None:
+    """A provider's ``token_endpoint`` (absolute), ``None`` when it declares none.
+
+    Raises ConfigurationError when it declares one that is not an absolute
+    http(s) URL: such an endpoint would be resolved against some other base.
+    """
+    endpoint = getattr(provider, "token_endpoint", None)
+    if endpoint is None:
+        return None
+    name = type(provider).__name__
+    _absolute_origin(endpoint, f"{name}.token_endpoint")
+    return httpx.URL(endpoint)
 
 
 def _to_scope(value: str | list[str] | tuple[str, ...] | None) -> str | None:
@@ -154,6 +240,10 @@ def _check_header_name(instance: Any, attribute: attrs.Attribute[Any], value: An
             f"{type(instance).__name__}: {attribute.name} must be an HTTP token "
             f"(letters, digits, !#$%&'*+-.^_`|~), got {value!r}"
         )
+
+
+def _check_endpoint(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    token_endpoint_of(value)
 
 
 def _check_scheme(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
@@ -201,9 +291,17 @@ class Token:
 class TokenProvider(Protocol):
     """Fetches a token; :class:`AuthRefresh` owns caching, refresh and single-flight.
 
-    ``http`` sends through the pipeline's inner transport and none of its layers;
-    its ``base_url`` is the origin (scheme, host, port) of the request that needed
-    the token, so a provider may name its endpoint by path alone.
+    ``http`` sends through the pipeline's inner transport and none of its layers.
+    Its ``base_url`` is fixed when the pipeline is built, never taken from the
+    request that needed the token: the origin of the provider's ``token_endpoint``
+    when it declares one, else the first of ``AuthRefresh(origins=...)``; with
+    neither it has no ``base_url`` and the provider must use absolute URLs.
+
+    A provider may declare ``token_endpoint`` (an absolute URL, or ``None`` for a
+    provider that sends nothing, like :class:`StaticToken`): ``AuthRefresh`` then
+    attaches its tokens to requests for that origin only, unless told otherwise
+    (see :class:`AuthRefresh`).
+
     A provider raises on failure: :class:`TokenFetchError` (e.g. from
     :func:`token_from_response`) says why and whether asking again soon may help;
     an ``httpx.TransportError`` counts as transient; anything else as permanent.
@@ -218,10 +316,21 @@ class TokenProvider(Protocol):
 class StaticToken:
     """A fixed token that never expires (an API key, a long-lived token).
 
+    It has no token endpoint, so nothing says which host the token belongs to:
+    give ``AuthRefresh(StaticToken(key), origins=["https://api.example"])``.
+    Without ``origins`` the token goes only to the origin of the first request
+    the pipeline sends (never to a host a redirect leads to).
+
     Args:
-        value: the token (kept in a :class:`~resilience.Secret`).
+        value: the token (kept in a :class:`~resilience.Secret`); surrounding
+            whitespace, control or non-ASCII characters are a
+            :class:`~resilience.errors.ConfigurationError` (an HTTP header cannot
+            carry them).
         clock: stamps :attr:`Token.obtained_at` (default: the real clock).
     """
+
+    token_endpoint: ClassVar[None] = None
+    """No endpoint: the token is not fetched from anywhere."""
 
     value: Secret = attrs.field(converter=_to_secret, validator=_check_static)
     """The token, hidden."""
@@ -250,8 +359,14 @@ class OAuth2ClientCredentials:
     ``{"error": "invalid_client"}``) becomes a :class:`TokenFetchError` naming the
     status and the error code.
 
+    ``AuthRefresh`` attaches its tokens only to requests for ``token_url``'s origin
+    (scheme, host, port): right when the API and the token endpoint share a host.
+    When they do not (``https://auth.example/oauth2/token`` for
+    ``https://api.example``), name the API with ``AuthRefresh(provider,
+    origins=["https://api.example"])``.
+
     Args:
-        token_url: the token endpoint.
+        token_url: the token endpoint (an absolute http(s) URL).
         client_id: the client identifier.
         client_secret: the client secret (kept in a :class:`~resilience.Secret`).
         scope: scopes to ask for: a space-separated str or a list (default: none).
@@ -274,6 +389,11 @@ class OAuth2ClientCredentials:
         validator=v.has_method("now", optional=True),
     )
     """Where :attr:`Token.obtained_at` comes from (default: the real clock)."""
+
+    @property
+    def token_endpoint(self) -> str:
+        """Where tokens come from (``token_url``); its origin is where they go."""
+        return self.token_url
 
     async def fetch(self, http: httpx.AsyncClient) -> Token:
         """Ask the token endpoint for a new token."""
@@ -390,8 +510,11 @@ def token_from_response(
     try:
         body = json.loads(response.content)
     except (ValueError, RecursionError):
-        # No chaining: a JSONDecodeError keeps the whole body, which may hold a token.
-        raise malformed("its body is not JSON") from None
+        body = _MISSING
+    if body is _MISSING:
+        # Raised outside the except block: a JSONDecodeError keeps the whole body,
+        # which may hold a token, and would stay reachable as __context__.
+        raise malformed("its body is not JSON")
     value = _lookup(body, access_token_path)
     if value is _MISSING:
         raise malformed(f"its body has no {access_token_path!r}")
@@ -485,6 +608,15 @@ def _safe_code(value: object) -> str | None:
 class AuthRefresh:
     """Attaches a token to each request; refreshes it before expiry and on rejection.
 
+    * Origins: a token goes only to requests whose origin (scheme, host, port,
+      default ports normalised) is one it was issued for: the ones named in
+      ``origins``, else the origin of the provider's ``token_endpoint``
+      (``OAuth2ClientCredentials``' ``token_url``, a plugin's token URL), else, for
+      a provider with no endpoint (:class:`StaticToken`, a provider that declares
+      none), the origin of the first request this pipeline sends. A request for
+      any other origin (a redirect to another host, another API on the same
+      client) is sent without a token, causes no fetch, and its 401 is a FAIL
+      (a :class:`~resilience.errors.PermanentError`), never a token request.
     * Proactive: a token of life ``L`` fetched at time ``t`` (the pipeline's clock,
       read when the fetch starts) is refreshed, before sending, from
       ``t + max(L / 2, L - skew)``: ``skew`` seconds before expiry, or at half its
@@ -513,6 +645,12 @@ class AuthRefresh:
     Args:
         provider: fetches tokens (:class:`OAuth2ClientCredentials`, a plugin's
             flow, :class:`StaticToken`, ...).
+        origins: the origins the token is for, as URLs (``"https://api.example"``;
+            only scheme, host and port count; one str is taken as one origin);
+            default: the provider's token endpoint's origin, or the first
+            request's for a provider with none. Name them when the API is not on
+            the token endpoint's host. A provider that names its endpoint by path
+            resolves it against the first of them.
         skew: seconds before expiry to refresh proactively.
         fetch_timeout: seconds one token fetch may take (default 30).
         header: the header the token goes in.
@@ -520,8 +658,12 @@ class AuthRefresh:
             bare token (for an API-key header).
     """
 
-    provider: TokenProvider = attrs.field(validator=v.has_method("fetch"))
+    provider: TokenProvider = attrs.field(validator=[v.has_method("fetch"), _check_endpoint])
     """Where tokens come from."""
+    origins: tuple[str, ...] | None = attrs.field(default=None, kw_only=True, converter=_to_origins)
+    """The origins (``scheme://host[:port]``) the token is sent to, or ``None`` for
+    the default (the token endpoint's origin; the first request's for a provider
+    with no endpoint)."""
     skew: float = attrs.field(default=60.0, kw_only=True, validator=v.number(minimum=0))
     """Seconds before expiry at which a token is refreshed before sending."""
     header: str = attrs.field(default="Authorization", kw_only=True, validator=_check_header_name)
@@ -550,7 +692,21 @@ class AuthRefresh:
     def bind(self, env: PipelineEnv) -> _AuthHandler:
         """The runtime token cache of one pipeline."""
         prefix = f"{self.scheme} " if self.scheme else ""
-        return _AuthHandler(self, env, prefix)
+        endpoint = token_endpoint_of(self.provider)
+        allowed: frozenset[Origin] | None = None
+        if self.origins is not None:
+            allowed = frozenset(origin_of(httpx.URL(text)) for text in self.origins)
+        elif endpoint is not None:
+            allowed = frozenset({origin_of(endpoint)})
+        # Fixed here, never from the request being sent: a path-only endpoint must
+        # not follow the caller to another host.
+        if endpoint is not None:
+            base: httpx.URL | None = httpx.URL(_origin_text(origin_of(endpoint)))
+        elif self.origins is not None:
+            base = httpx.URL(self.origins[0])
+        else:
+            base = None
+        return _AuthHandler(self, env, prefix, allowed, base)
 
 
 @attrs.define(eq=False, slots=True, repr=False)
@@ -570,6 +726,13 @@ class _BorrowedTransport(httpx.AsyncBaseTransport):
         self._inner = inner
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if not request.url.is_absolute_url:
+            # A path with no base to resolve it against: never guess a host.
+            raise httpx.UnsupportedProtocol(
+                "the token request's URL has no host: give the provider an absolute "
+                "token URL, or AuthRefresh(origins=[...]) to resolve a path against",
+                request=request,
+            )
         return await self._inner.handle_async_request(request)
 
     async def aclose(self) -> None:
@@ -584,6 +747,12 @@ class _AuthHandler:
     config: AuthRefresh
     env: PipelineEnv
     prefix: str
+    allowed: frozenset[Origin] | None
+    """The origins the token goes to; ``None`` until the first request pins one."""
+    base: httpx.URL | None
+    """The token fetch client's ``base_url`` (fixed: never the request's origin)."""
+    warned: bool = attrs.field(default=False, init=False)
+    """Whether a request for another origin was logged already (once is enough)."""
     token: Token | None = attrs.field(default=None, init=False)
     generation: int = attrs.field(default=0, init=False)
     """Bumped by every successful fetch: tells which token a request carried."""
@@ -605,6 +774,14 @@ class _AuthHandler:
         return f"<AuthRefresh handler ({state})>"
 
     async def __call__(self, request: httpx.Request, call: Call, call_next: CallNext) -> Outcome:
+        origin = origin_of(request.url)
+        allowed = self.allowed
+        if allowed is None:
+            # A provider with no endpoint: the token is for the first origin sent to.
+            self.allowed = allowed = frozenset({origin})
+            logger.debug("resilience auth: the token is for %s only", _origin_text(origin))
+        if origin not in allowed:
+            return await self._foreign(request, call, call_next, origin)
         got = self._usable(self.env.clock.now(), None, fast=True)
         if got is None:
             obtained = await self._obtain(request, call, None)
@@ -613,6 +790,8 @@ class _AuthHandler:
             got = obtained
         token, generation = got
         outcome = await call_next(self._attach(request, token), call)
+        if outcome.verdict.action is not Action.ACCEPT:
+            self._withhold(outcome, call, token)
         if outcome.verdict.action is not Action.REFRESH_AUTH:
             return outcome
         if call in self.replayed:
@@ -630,9 +809,58 @@ class _AuthHandler:
             return obtained
         self.replayed.add(call)
         outcome = await call_next(self._attach(request, obtained[0]), call)
+        if outcome.verdict.action is not Action.ACCEPT:
+            self._withhold(outcome, call, obtained[0])
         if outcome.verdict.action is Action.REFRESH_AUTH:
             self._rejected_again(request, outcome)
         return outcome
+
+    async def _foreign(
+        self, request: httpx.Request, call: Call, call_next: CallNext, origin: Origin
+    ) -> Outcome:
+        """A request for an origin the token is not for: sent as it is, no token,
+        no fetch; a rejection there is final (our credentials do not belong there)."""
+        if not self.warned:
+            self.warned = True
+            logger.warning(
+                "resilience auth: no token sent to %s: the token is for %s "
+                "(AuthRefresh(origins=[...]) names the origins it goes to)",
+                _origin_text(origin),
+                ", ".join(sorted(_origin_text(o) for o in self.allowed or ())),
+            )
+        outcome = await call_next(request, call)
+        verdict = outcome.verdict
+        if verdict.action is Action.REFRESH_AUTH:
+            outcome.verdict = attrs.evolve(verdict, action=Action.FAIL, breaker_failure=False)
+        return outcome
+
+    def _withhold(self, outcome: Outcome, call: Call, token: Token) -> None:
+        """Keep the token out of an unsuccessful attempt's error and problem.
+
+        An HTTP library refusing a header quotes it whole (h11's
+        ``LocalProtocolError``), and the pipeline chains that error to the one it
+        raises; a server may echo the ``Authorization`` header in its error body,
+        which a classifier reads into the problem. Accepted attempts never get
+        here, so the hot path pays nothing.
+        """
+        error = outcome.error
+        needles = (token.value,)
+        if error is not None and (local_protocol_error(error) or _chain_mentions(error, needles)):
+            outcome.error = _withheld_error(error)
+        verdict = outcome.verdict
+        problem = verdict.problem
+        if problem is None:
+            return
+        scrubbed = scrub_problem(problem, needles)
+        if scrubbed is problem:
+            return
+        outcome.verdict = attrs.evolve(verdict, problem=scrubbed)
+        # The report keeps every attempt's verdict: the same object, so find it.
+        verdicts = call.report.verdicts
+        for index in range(len(verdicts) - 1, -1, -1):
+            if verdicts[index] is verdict:
+                verdicts[index] = outcome.verdict
+                break
 
     def _rejected_again(self, request: httpx.Request, outcome: Outcome) -> None:
         problem = outcome.verdict.problem
@@ -763,12 +991,12 @@ class _AuthHandler:
                     await stack.enter_async_context(manager)
                 else:
                     stack.enter_context(manager)
-            url = call.request.url
             http = await stack.enter_async_context(
                 httpx.AsyncClient(
                     transport=_BorrowedTransport(call.inner),
-                    # A provider may give a path alone: it is on the API's own host.
-                    base_url=httpx.URL(scheme=url.scheme, host=url.host, port=url.port),
+                    # Fixed at bind time: a path-only endpoint never follows the
+                    # request that needed the token to its host.
+                    base_url="" if self.base is None else self.base,
                     # Proxy settings from the environment would route around the
                     # inner transport.
                     trust_env=False,
@@ -790,10 +1018,61 @@ class _AuthHandler:
                     f"{type(provider).__name__}.fetch() returned "
                     f"{type(token).__name__}, not a Token"
                 )
+            value = token.value
+            if not isinstance(value, str) or not value or not _header_safe(value):
+                # A Token whose checks were bypassed: h11 would quote it in an error.
+                raise TokenFetchError(
+                    f"{type(provider).__name__}.fetch() returned a token an HTTP header "
+                    "cannot carry (empty, surrounding whitespace, control or non-ASCII "
+                    "characters)",
+                    problem=Problem(
+                        vendor=self.env.vendor,
+                        code="invalid_token",
+                        title="the token cannot go in a header",
+                    ),
+                )
         return token
 
     def _failure_of(self, exc: Exception) -> _Failure:
-        """Why a fetch failed, in words that hold no token, secret or body."""
+        """Why a fetch failed, in words that hold no token, secret or body.
+
+        A provider's own error is also searched for its credentials (a vendor may
+        echo them, a provider may quote them): what quotes one is withheld.
+        """
+        failure = self._describe_failure(exc)
+        needles = self._credentials()
+        problem = failure.problem
+        if problem is not None:
+            failure.problem = scrub_problem(problem, needles)
+        if mentions(failure.message, needles):
+            failure.message = (
+                f"{type(self.config.provider).__name__} raised {type(exc).__name__} "
+                "(its text is withheld: it quoted a credential)"
+            )
+        return failure
+
+    def _credentials(self) -> tuple[str, ...]:
+        """What must never be shown: the provider's secrets (and the Basic credential
+        made of them), the current token."""
+        provider = self.config.provider
+        found: list[str] = []
+        kind: Any = type(provider)
+        fields = attrs.fields(kind) if attrs.has(kind) else ()
+        names = [f.name for f in fields] or list(getattr(provider, "__dict__", {}))
+        client_id = getattr(provider, "client_id", None)
+        for name in names:
+            value = getattr(provider, name, None)
+            if isinstance(value, Secret) and value:
+                secret = value.reveal()
+                found.append(secret)
+                if isinstance(client_id, str):
+                    pair = f"{quote_plus(client_id)}:{quote_plus(secret)}"
+                    found.append(base64.b64encode(pair.encode()).decode("ascii"))
+        if self.token is not None:
+            found.append(self.token.value)
+        return tuple(found)
+
+    def _describe_failure(self, exc: Exception) -> _Failure:
         name = type(exc).__name__
         vendor = self.env.vendor
         if isinstance(exc, TokenFetchError):
@@ -821,7 +1100,10 @@ class _AuthHandler:
         if isinstance(exc, RETRY_ERRORS):
             host = _request_host(exc)
             problem = Problem(vendor=vendor, code=name, title="token request failed")
-            return _Failure(f"token request to {host} failed: {name}", problem, True, None)
+            # A request httpx will not send (a relative URL, an illegal header) fails
+            # the same way every time.
+            transient = not isinstance(exc, NEVER_RETRY_ERRORS)
+            return _Failure(f"token request to {host} failed: {name}", problem, transient, None)
         problem = Problem(vendor=vendor, code=name, title="token provider failed")
         provider = type(self.config.provider).__name__
         return _Failure(f"{provider} raised {name}", problem, False, None)
@@ -846,6 +1128,42 @@ class _AuthHandler:
             breaker_failure=False,
         )
         return Outcome(request, verdict, error=error)
+
+
+def _chain_mentions(error: BaseException, needles: tuple[str, ...]) -> bool:
+    """Whether ``error`` or an exception it chains quotes one of ``needles``."""
+    seen: set[int] = set()
+    node: BaseException | None = error
+    while node is not None and id(node) not in seen and len(seen) < 16:
+        seen.add(id(node))
+        try:
+            text = f"{node} {node.args!r}"
+        except Exception:  # a broken __str__: nothing it could show
+            text = ""
+        if any(needle in text for needle in needles):
+            return True
+        node = node.__cause__ or node.__context__
+    return False
+
+
+def _withheld_error(error: BaseException) -> BaseException:
+    """A stand-in for an attempt's error that quoted the token: same kind, no text,
+    no chain (the pipeline chains it to the error it raises)."""
+    message = (
+        f"the request could not be sent: {type(error).__name__} (its text is withheld: "
+        "it quoted a request header)"
+    )
+    replacement: BaseException
+    if local_protocol_error(error):
+        # h11's and httpcore's own classes are not httpx's: show httpx's.
+        replacement = httpx.LocalProtocolError(message)
+    else:
+        try:
+            replacement = type(error)(message)
+        except Exception:
+            replacement = RuntimeError(message)
+    replacement.__suppress_context__ = True
+    return replacement
 
 
 def _request_host(exc: BaseException) -> str:

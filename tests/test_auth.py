@@ -131,7 +131,9 @@ async def test_first_call_fetches_and_attaches_the_token() -> None:
     """The first call fetches a token, sends it as a bearer, and succeeds."""
     fake, clock = FakeVendor(), VirtualClock()
     events: list[Any] = []
-    async with make_client(fake, AuthRefresh(provider()), clock=clock, events=events) as client:
+    async with make_client(
+        fake, AuthRefresh(provider(), origins=[API]), clock=clock, events=events
+    ) as client:
         r = await client.get("/v1/things")
     assert r.status_code == 200
     assert [req.headers["authorization"] for req in fake.api_requests] == ["Bearer tok-1"]
@@ -145,7 +147,9 @@ async def test_first_call_fetches_and_attaches_the_token() -> None:
 async def test_the_callers_request_is_not_changed() -> None:
     """The token goes on a copy: the caller's request object never holds it."""
     fake = FakeVendor()
-    async with make_client(fake, AuthRefresh(provider()), clock=VirtualClock()) as client:
+    async with make_client(
+        fake, AuthRefresh(provider(), origins=[API]), clock=VirtualClock()
+    ) as client:
         request = client.build_request("POST", "/v1/things", json={"a": 1})
         r = await client.send(request)
     assert r.status_code == 200
@@ -191,7 +195,9 @@ async def test_token_request_bypasses_the_layers_and_keeps_the_transport_open() 
             self.closed = True
 
     inner = Inner(fake)
-    client = make_client(inner, Spy(), AuthRefresh(provider()), Spy(), clock=VirtualClock())
+    client = make_client(
+        inner, Spy(), AuthRefresh(provider(), origins=[API]), Spy(), clock=VirtualClock()
+    )
     r = await client.get("/v1/things")
     assert r.status_code == 200
     assert len(fake.token_requests) == 1
@@ -203,7 +209,8 @@ async def test_token_request_bypasses_the_layers_and_keeps_the_transport_open() 
 
 
 async def test_provider_may_name_its_endpoint_by_path() -> None:
-    """A relative token URL resolves against the API's origin."""
+    """A relative token URL resolves against the first origin named (fixed when
+    the layer is bound, never the request's)."""
     seen: list[str] = []
 
     @attrs.frozen
@@ -218,7 +225,7 @@ async def test_provider_may_name_its_endpoint_by_path() -> None:
             return httpx.Response(201, json={"token": "t"})
         return httpx.Response(200)
 
-    layer = AuthRefresh(PathProvider())
+    layer = AuthRefresh(PathProvider(), origins=[API])
     async with make_client(httpx.MockTransport(handler), layer, clock=VirtualClock()) as client:
         assert (await client.get("/v1/things")).status_code == 200
     assert seen == ["https://api.example.test/v1/auth/jwt"]
@@ -231,7 +238,7 @@ async def test_proactive_refresh_exactly_at_the_skew_boundary() -> None:
     """A 3600 s token with skew 60: no fetch just before 3540 s, a fetch at 3540 s."""
     fake, clock = FakeVendor(), VirtualClock()
     events: list[Any] = []
-    layer = AuthRefresh(provider(), skew=60.0)
+    layer = AuthRefresh(provider(), origins=[API], skew=60.0)
     async with make_client(fake, layer, clock=clock, events=events) as client:
         await client.get("/v1/things")
         clock.advance(3539.5)
@@ -254,7 +261,9 @@ async def test_proactive_refresh_exactly_at_the_skew_boundary() -> None:
 async def test_short_lived_token_refreshes_at_half_its_life() -> None:
     """A token living less than twice the skew is refreshed at half its life, not on every call."""
     fake, clock = FakeVendor(expires_in=30.0), VirtualClock()
-    async with make_client(fake, AuthRefresh(provider(), skew=60.0), clock=clock) as client:
+    async with make_client(
+        fake, AuthRefresh(provider(), origins=[API], skew=60.0), clock=clock
+    ) as client:
         for _ in range(5):
             await client.get("/v1/things")
         clock.advance(14.5)
@@ -264,15 +273,15 @@ async def test_short_lived_token_refreshes_at_half_its_life() -> None:
         await client.get("/v1/things")
         await client.get("/v1/things")
     assert len(fake.token_requests) == 2
-    assert AuthRefresh(provider(), skew=60.0).refresh_after(30.0) == 15.0
-    assert AuthRefresh(provider(), skew=60.0).refresh_after(3600.0) == 3540.0
-    assert AuthRefresh(provider()).refresh_after(None) == float("inf")
+    assert AuthRefresh(provider(), origins=[API], skew=60.0).refresh_after(30.0) == 15.0
+    assert AuthRefresh(provider(), origins=[API], skew=60.0).refresh_after(3600.0) == 3540.0
+    assert AuthRefresh(provider(), origins=[API]).refresh_after(None) == float("inf")
 
 
 async def test_token_without_expiry_is_fetched_once() -> None:
     """A token with no expires_in is never refreshed proactively."""
     fake, clock = FakeVendor(expires_in=None), VirtualClock()
-    async with make_client(fake, AuthRefresh(provider()), clock=clock) as client:
+    async with make_client(fake, AuthRefresh(provider(), origins=[API]), clock=clock) as client:
         await client.get("/v1/things")
         clock.advance(10**9)
         await client.get("/v1/things")
@@ -283,7 +292,7 @@ async def test_others_keep_the_valid_token_while_a_proactive_refresh_runs() -> N
     """During a proactive refresh, other calls use the still-valid token without waiting."""
     fake, clock = FakeVendor(), VirtualClock()
     release = anyio.Event()
-    async with make_client(fake, AuthRefresh(provider()), clock=clock) as client:
+    async with make_client(fake, AuthRefresh(provider(), origins=[API]), clock=clock) as client:
         await client.get("/v1/things")
         clock.advance(3550)
 
@@ -310,7 +319,9 @@ async def test_failed_proactive_refresh_keeps_the_valid_token() -> None:
     """A proactive refresh that fails is not the call's failure while the token lasts."""
     fake, clock = FakeVendor(), VirtualClock()
     events: list[Any] = []
-    async with make_client(fake, AuthRefresh(provider()), clock=clock, events=events) as client:
+    async with make_client(
+        fake, AuthRefresh(provider(), origins=[API]), clock=clock, events=events
+    ) as client:
         await client.get("/v1/things")
         clock.advance(3550)
         fake.token_failures = [reply(503)]
@@ -327,7 +338,7 @@ async def test_failed_proactive_refresh_keeps_the_valid_token() -> None:
 async def test_expired_token_fails_when_the_refresh_fails() -> None:
     """Past expiry the old token is not used: a failed fetch fails the call."""
     fake, clock = FakeVendor(), VirtualClock()
-    async with make_client(fake, AuthRefresh(provider()), clock=clock) as client:
+    async with make_client(fake, AuthRefresh(provider(), origins=[API]), clock=clock) as client:
         await client.get("/v1/things")
         clock.advance(3600)
         fake.token_failures = [reply(503)]
@@ -343,7 +354,9 @@ async def test_rejected_token_is_refreshed_and_the_request_replayed() -> None:
     """A 401 closes the response, refreshes once, replays once, and succeeds."""
     fake, clock = FakeVendor(), VirtualClock()
     events: list[Any] = []
-    async with make_client(fake, AuthRefresh(provider()), clock=clock, events=events) as client:
+    async with make_client(
+        fake, AuthRefresh(provider(), origins=[API]), clock=clock, events=events
+    ) as client:
         await client.get("/v1/things")
         fake.valid.clear()  # the server revokes tok-1
         r = await client.get("/v1/things")
@@ -362,7 +375,7 @@ async def test_rejected_token_is_refreshed_and_the_request_replayed() -> None:
 async def test_replay_is_not_a_retry() -> None:
     """With Retry(max_attempts=1) above, the replay still happens and no delay is spent."""
     fake, clock = FakeVendor(), VirtualClock()
-    layers = [Retry(max_attempts=1, backoff=ONE), AuthRefresh(provider())]
+    layers = [Retry(max_attempts=1, backoff=ONE), AuthRefresh(provider(), origins=[API])]
     async with make_client(fake, *layers, clock=clock) as client:
         await client.get("/v1/things")
         fake.valid.clear()
@@ -376,7 +389,7 @@ async def test_replay_is_not_a_retry() -> None:
 async def test_second_rejection_raises_authentication_error() -> None:
     """Rejected, refreshed, rejected again: AuthenticationError, and Retry does not retry it."""
     fake, clock = FakeVendor(reject_all=True), VirtualClock()
-    layers = [Retry(max_attempts=5, backoff=ONE), AuthRefresh(provider())]
+    layers = [Retry(max_attempts=5, backoff=ONE), AuthRefresh(provider(), origins=[API])]
     async with make_client(fake, *layers, clock=clock) as client:
         with pytest.raises(AuthenticationError) as caught:
             await client.get("/v1/things")
@@ -397,7 +410,7 @@ async def test_second_rejection_raises_authentication_error() -> None:
 async def test_second_rejection_returns_the_response_without_raise_on_failure() -> None:
     """With raise_on_failure=False the final 401 is returned."""
     fake = FakeVendor(reject_all=True)
-    layer = AuthRefresh(provider())
+    layer = AuthRefresh(provider(), origins=[API])
     async with make_client(fake, layer, clock=VirtualClock(), raise_on_failure=False) as client:
         r = await client.get("/v1/things")
     assert r.status_code == 401
@@ -417,7 +430,9 @@ async def test_rejected_stale_token_replays_without_fetching() -> None:
 
     fake.before_api = hold_first
     results: list[httpx.Response] = []
-    async with make_client(fake, AuthRefresh(provider()), clock=clock, events=events) as client:
+    async with make_client(
+        fake, AuthRefresh(provider(), origins=[API]), clock=clock, events=events
+    ) as client:
         await client.get("/v1/things")
 
         async def held_call() -> None:
@@ -444,7 +459,9 @@ async def test_unreplayable_body_is_not_replayed_but_the_token_is_refreshed() ->
     async def body() -> AsyncIterator[bytes]:
         yield b"streamed"
 
-    async with make_client(fake, AuthRefresh(provider()), clock=VirtualClock()) as client:
+    async with make_client(
+        fake, AuthRefresh(provider(), origins=[API]), clock=VirtualClock()
+    ) as client:
         await client.get("/v1/things")
         fake.valid.clear()
         with pytest.raises(AuthenticationError) as caught:
@@ -468,7 +485,9 @@ async def test_first_fetch_is_single_flight() -> None:
 
     fake.before_token = hold
     statuses: list[int] = []
-    async with make_client(fake, AuthRefresh(provider()), clock=VirtualClock()) as client:
+    async with make_client(
+        fake, AuthRefresh(provider(), origins=[API]), clock=VirtualClock()
+    ) as client:
 
         async def one() -> None:
             statuses.append((await client.get("/v1/things")).status_code)
@@ -497,7 +516,9 @@ async def test_thousand_rejections_cause_one_refresh() -> None:
             await everyone.wait()
 
     reports: list[Any] = []
-    async with make_client(fake, AuthRefresh(provider()), clock=VirtualClock(), events=events) as c:
+    async with make_client(
+        fake, AuthRefresh(provider(), origins=[API]), clock=VirtualClock(), events=events
+    ) as c:
         await c.get("/v1/things")
         fake.valid.clear()
         fake.before_api = gather_stale
@@ -528,7 +549,9 @@ async def test_waiters_share_a_failed_fetch() -> None:
 
     fake.before_token = hold
     errors: list[BaseException] = []
-    async with make_client(fake, AuthRefresh(provider()), clock=VirtualClock()) as client:
+    async with make_client(
+        fake, AuthRefresh(provider(), origins=[API]), clock=VirtualClock()
+    ) as client:
 
         async def one() -> None:
             try:
@@ -612,13 +635,15 @@ async def test_fetch_failure_raises_and_the_next_call_tries_again(
     """Each kind of fetch failure is an AuthenticationError naming why; the next call works."""
     fake = FakeVendor(token_failures=[step])
     events: list[Any] = []
-    async with make_client(fake, AuthRefresh(provider()), clock=VirtualClock(), events=events) as c:
+    async with make_client(
+        fake, AuthRefresh(provider(), origins=[API]), clock=VirtualClock(), events=events
+    ) as c:
         with pytest.raises(AuthenticationError) as caught:
             await c.get("/v1/things")
         error = caught.value
         assert isinstance(error, TokenFetchError)
         assert reason in str(error)
-        assert str(error).startswith("could not get an access token: ")
+        assert "could not get an access token: " in str(error)
         assert error.transient is transient
         assert error.request.url == httpx.URL(API + "/v1/things")
         assert error.report.attempts == 0
@@ -661,7 +686,7 @@ async def test_transient_fetch_failure_is_retried_by_retry_above() -> None:
         FakeVendor(token_failures=[reply(503, headers={"Retry-After": "7"})]),
         VirtualClock(),
     )
-    layers = [Retry(max_attempts=3, backoff=ONE), AuthRefresh(provider())]
+    layers = [Retry(max_attempts=3, backoff=ONE), AuthRefresh(provider(), origins=[API])]
     async with make_client(fake, *layers, clock=clock) as client:
         r = await client.get("/v1/things")
     assert r.status_code == 200
@@ -673,7 +698,7 @@ async def test_permanent_fetch_failure_is_not_retried() -> None:
     """invalid_client will not change on a retry: no sleep, one token request."""
     fake = FakeVendor(token_failures=[reply(400, json={"error": "invalid_client"})])
     clock = VirtualClock()
-    layers = [Retry(max_attempts=3, backoff=ONE), AuthRefresh(provider())]
+    layers = [Retry(max_attempts=3, backoff=ONE), AuthRefresh(provider(), origins=[API])]
     async with make_client(fake, *layers, clock=clock) as client:
         with pytest.raises(TokenFetchError) as caught:
             await client.get("/v1/things")
@@ -694,7 +719,10 @@ async def test_a_hung_token_endpoint_times_out_and_is_retried() -> None:
             await hang.wait()  # never set: the first token request hangs
 
     fake, clock = FakeVendor(before_token=hang_once), VirtualClock()
-    layers = [Retry(max_attempts=3, backoff=ONE), AuthRefresh(provider(), fetch_timeout=0.05)]
+    layers = [
+        Retry(max_attempts=3, backoff=ONE),
+        AuthRefresh(provider(), origins=[API], fetch_timeout=0.05),
+    ]
     async with make_client(fake, *layers, clock=clock) as client:
         with anyio.fail_after(5):
             r = await client.get("/v1/things")
@@ -712,7 +740,7 @@ async def test_a_hung_token_endpoint_without_retry_names_the_timeout() -> None:
 
     fake, clock = FakeVendor(before_token=hang), VirtualClock()
     async with make_client(
-        fake, AuthRefresh(provider(), fetch_timeout=0.05), clock=clock
+        fake, AuthRefresh(provider(), origins=[API], fetch_timeout=0.05), clock=clock
     ) as client:
         with (
             anyio.fail_after(5),
@@ -726,7 +754,7 @@ async def test_a_hung_token_endpoint_without_retry_names_the_timeout() -> None:
 def test_fetch_timeout_must_be_positive() -> None:
     """A zero or negative fetch_timeout fails at construction, naming the argument."""
     with pytest.raises(ValueError, match="fetch_timeout"):
-        AuthRefresh(provider(), fetch_timeout=0)
+        AuthRefresh(provider(), origins=[API], fetch_timeout=0)
 
 
 # -- cancellation ------------------------------------------------------------------------
@@ -742,7 +770,9 @@ async def test_cancelled_fetch_releases_the_lock_and_caches_nothing() -> None:
         await never.wait()
 
     fake.before_token = hold
-    async with make_client(fake, AuthRefresh(provider()), clock=VirtualClock(), events=events) as c:
+    async with make_client(
+        fake, AuthRefresh(provider(), origins=[API]), clock=VirtualClock(), events=events
+    ) as c:
         async with anyio.create_task_group() as tg:
             tg.start_soon(c.get, "/v1/things")
             await fake.token_started.wait()
@@ -769,7 +799,9 @@ async def test_waiter_takes_over_when_the_fetching_call_is_cancelled() -> None:
     fake.before_token = hold
     results: list[httpx.Response] = []
     scope = anyio.CancelScope()
-    async with make_client(fake, AuthRefresh(provider()), clock=VirtualClock()) as client:
+    async with make_client(
+        fake, AuthRefresh(provider(), origins=[API]), clock=VirtualClock()
+    ) as client:
 
         async def cancelled_call() -> None:
             with scope:
@@ -808,7 +840,7 @@ async def test_a_plugins_own_authentication_error_keeps_its_message() -> None:
         async with make_client(FakeVendor(), *layers, clock=clock) as client:
             with pytest.raises(TokenFetchError) as caught:
                 await client.get("/v1/things")
-        assert str(caught.value) == "could not get an access token: acme token request refused"
+        assert "could not get an access token: acme token request refused" in str(caught.value)
         assert caught.value.problem is not None
         assert caught.value.problem.code == "busy"
         assert clock.sleeps == sleeps

@@ -133,7 +133,9 @@ async def test_refresh_time_counts_from_when_the_fetch_started() -> None:
             clock.advance(100.0)
 
     vendor = Vendor(clock, before_token=slow)
-    async with client_for(vendor, AuthRefresh(provider(), skew=60.0), clock=clock) as client:
+    async with client_for(
+        vendor, AuthRefresh(provider(), origins=[API], skew=60.0), clock=clock
+    ) as client:
         await client.get("/v1/things")  # fetched 0..100, token lives 3600 s from 0
         clock.advance(3539.9 - clock.now())
         await client.get("/v1/things")
@@ -148,7 +150,9 @@ async def test_zero_skew_refreshes_exactly_at_expiry() -> None:
     """skew=0: the token serves until its last instant and is replaced at expiry."""
     clock = VirtualClock()
     vendor = Vendor(clock, expires_in=100.0)
-    async with client_for(vendor, AuthRefresh(provider(), skew=0.0), clock=clock) as client:
+    async with client_for(
+        vendor, AuthRefresh(provider(), origins=[API], skew=0.0), clock=clock
+    ) as client:
         await client.get("/v1/things")
         clock.advance(99.99)
         await client.get("/v1/things")
@@ -170,7 +174,9 @@ async def test_zero_life_tokens_are_still_single_flight() -> None:
     vendor = Vendor(clock, expires_in=0, before_token=hold, check_expiry=False)
     statuses: list[int] = []
     events: list[Any] = []
-    async with client_for(vendor, AuthRefresh(provider()), clock=clock, events=events) as client:
+    async with client_for(
+        vendor, AuthRefresh(provider(), origins=[API]), clock=clock, events=events
+    ) as client:
 
         async def one() -> None:
             statuses.append((await client.get("/v1/things")).status_code)
@@ -193,7 +199,9 @@ async def test_null_expires_in_is_a_token_that_does_not_expire() -> None:
     clock = VirtualClock()
     vendor = Vendor(clock, expires_in=None)
     events: list[Any] = []
-    async with client_for(vendor, AuthRefresh(provider()), clock=clock, events=events) as client:
+    async with client_for(
+        vendor, AuthRefresh(provider(), origins=[API]), clock=clock, events=events
+    ) as client:
         await client.get("/v1/things")
         clock.advance(10.0**9)
         await client.get("/v1/things")
@@ -217,7 +225,9 @@ async def test_replay_after_a_replacement_never_sends_an_expired_token() -> None
     vendor = Vendor(clock, expires_in=100.0, before_api=hold)
     results: list[httpx.Response] = []
     errors: list[BaseException] = []
-    async with client_for(vendor, AuthRefresh(provider(), skew=60.0), clock=clock) as client:
+    async with client_for(
+        vendor, AuthRefresh(provider(), origins=[API], skew=60.0), clock=clock
+    ) as client:
         await client.get("/v1/things")  # tok-1 at t=0, lives to 100
 
         async def long_call() -> None:
@@ -244,7 +254,7 @@ async def test_replay_resends_a_replayable_body_with_the_new_token() -> None:
     request object never gets a token."""
     clock = VirtualClock()
     vendor = Vendor(clock)
-    async with client_for(vendor, AuthRefresh(provider()), clock=clock) as client:
+    async with client_for(vendor, AuthRefresh(provider(), origins=[API]), clock=clock) as client:
         await client.get("/v1/things")
         vendor.valid.clear()  # tok-1 revoked
         request = client.build_request("POST", "/v1/things", json={"a": 1})
@@ -265,7 +275,10 @@ async def test_replay_does_not_spend_the_retry_budget() -> None:
     clock = VirtualClock()
     vendor = Vendor(clock)
     budget = RetryBudget(initial=1.0, ratio=0.0, min_per_second=0.0)
-    layers = [Retry(max_attempts=3, backoff=ONE, budget=budget), AuthRefresh(provider())]
+    layers = [
+        Retry(max_attempts=3, backoff=ONE, budget=budget),
+        AuthRefresh(provider(), origins=[API]),
+    ]
     async with client_for(vendor, *layers, clock=clock) as client:
         await client.get("/v1/things")
         vendor.valid.clear()
@@ -283,7 +296,7 @@ async def test_transient_failure_of_the_rejected_refresh_is_retried_by_retry() -
     """401, then the refresh meets a 503: the call is retried and ends with a new token."""
     clock = VirtualClock()
     vendor = Vendor(clock)
-    layers = [Retry(max_attempts=3, backoff=ONE), AuthRefresh(provider())]
+    layers = [Retry(max_attempts=3, backoff=ONE), AuthRefresh(provider(), origins=[API])]
     async with client_for(vendor, *layers, clock=clock) as client:
         await client.get("/v1/things")
         vendor.valid.clear()
@@ -306,7 +319,7 @@ async def test_a_call_refreshes_on_rejection_once_even_across_retries() -> None:
             vendor.valid.clear()
 
     vendor = Vendor(clock, before_api=revoke_on_the_fourth)
-    layers = [Retry(max_attempts=4, backoff=ONE), AuthRefresh(provider())]
+    layers = [Retry(max_attempts=4, backoff=ONE), AuthRefresh(provider(), origins=[API])]
     async with client_for(vendor, *layers, clock=clock) as client:
         await client.get("/v1/things")  # tok-1
         vendor.valid.clear()
@@ -348,7 +361,7 @@ async def test_fetch_failures_are_transient_or_permanent(
     """Network errors, 408, 425, 429 and 5xx are retried by Retry above; other answers are not."""
     clock = VirtualClock()
     vendor = Vendor(clock, token_steps=[step])
-    layers = [Retry(max_attempts=3, backoff=ONE), AuthRefresh(provider())]
+    layers = [Retry(max_attempts=3, backoff=ONE), AuthRefresh(provider(), origins=[API])]
     async with client_for(vendor, *layers, clock=clock) as client:
         if transient:
             r = await client.get("/v1/things")
@@ -369,7 +382,7 @@ async def test_every_5xx_from_the_token_endpoint_is_transient(status: int) -> No
     """The documented rule: a 5xx from the token endpoint is worth asking again."""
     clock = VirtualClock()
     vendor = Vendor(clock, token_steps=[reply(status)])
-    layers = [Retry(max_attempts=3, backoff=ONE), AuthRefresh(provider())]
+    layers = [Retry(max_attempts=3, backoff=ONE), AuthRefresh(provider(), origins=[API])]
     async with client_for(vendor, *layers, clock=clock) as client:
         r = await client.get("/v1/things")
     assert r.status_code == 200
@@ -386,7 +399,10 @@ async def test_waiters_on_a_timed_out_fetch_share_it_and_retry_together() -> Non
             await anyio.sleep_forever()
 
     vendor = Vendor(clock, before_token=hang_first)
-    layers = [Retry(max_attempts=3, backoff=ONE), AuthRefresh(provider(), fetch_timeout=0.05)]
+    layers = [
+        Retry(max_attempts=3, backoff=ONE),
+        AuthRefresh(provider(), origins=[API], fetch_timeout=0.05),
+    ]
     statuses: list[int] = []
     async with client_for(vendor, *layers, clock=clock) as client:
 
@@ -408,7 +424,7 @@ async def test_the_token_request_may_take_as_long_as_fetch_timeout() -> None:
     """The timeouts the token request carries to the transport do not undercut fetch_timeout."""
     clock = VirtualClock()
     vendor = Vendor(clock)
-    layer = AuthRefresh(provider(), fetch_timeout=60.0)
+    layer = AuthRefresh(provider(), origins=[API], fetch_timeout=60.0)
     async with client_for(vendor, layer, clock=clock) as client:
         await client.get("/v1/things")
     timeouts = vendor.token_requests[0].extensions.get("timeout", {})
@@ -422,7 +438,9 @@ async def test_token_endpoint_failures_do_not_open_the_api_breaker() -> None:
     clock = VirtualClock()
     vendor = Vendor(clock, token_steps=[reply(503)] * 10)
     breaker = CircuitBreaker(failure_ratio=0.5, minimum_calls=2, window_calls=10)
-    async with client_for(vendor, breaker, AuthRefresh(provider()), clock=clock) as client:
+    async with client_for(
+        vendor, breaker, AuthRefresh(provider(), origins=[API]), clock=clock
+    ) as client:
         for _ in range(10):
             with pytest.raises(TokenFetchError):
                 await client.get("/v1/things")
@@ -445,7 +463,7 @@ async def test_a_cancelled_waiter_leaves_the_fetch_and_the_lock_intact() -> None
     vendor = Vendor(clock, before_token=hold)
     results: list[int] = []
     scope = anyio.CancelScope()
-    async with client_for(vendor, AuthRefresh(provider()), clock=clock) as client:
+    async with client_for(vendor, AuthRefresh(provider(), origins=[API]), clock=clock) as client:
 
         async def fetching() -> None:
             results.append((await client.get("/v1/things")).status_code)

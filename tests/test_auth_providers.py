@@ -279,7 +279,10 @@ def test_secret_never_shows_itself() -> None:
         (lambda: OAuth2ClientCredentials("/token", "id", "s"), "absolute http(s) URL"),
         (lambda: OAuth2ClientCredentials(TOKEN_URL, "", "s"), "client_id must be a non-empty"),
         (lambda: OAuth2ClientCredentials(TOKEN_URL, "id", ""), "client_secret must be a non-empty"),
-        (lambda: OAuth2ClientCredentials(TOKEN_URL, "id", 7), "must be a str or a Secret"),  # type: ignore[arg-type]
+        (
+            lambda: OAuth2ClientCredentials(TOKEN_URL, "id", 7),
+            "client_secret must be a non-empty str or Secret",
+        ),  # type: ignore[arg-type]
         (lambda: OAuth2ClientCredentials(TOKEN_URL, "id", "s", scope=5), "scope must be"),  # type: ignore[arg-type]
         (lambda: StaticToken("line\nbreak"), "control or non-ASCII characters"),
         (lambda: StaticToken("liné"), "control or non-ASCII characters"),
@@ -303,7 +306,9 @@ def test_secret_provider_accepts_a_secret_and_an_httpx_url() -> None:
 async def test_one_configuration_serves_pipelines_independently() -> None:
     """AuthRefresh is configuration: each pipeline it is bound into has its own cache."""
     transport, seen = token_endpoint()
-    layer = AuthRefresh(OAuth2ClientCredentials(TOKEN_URL, "id", "s"))
+    layer = AuthRefresh(
+        OAuth2ClientCredentials(TOKEN_URL, "id", "s"), origins=["https://api.example.test"]
+    )
 
     def api(request: httpx.Request) -> httpx.Response:
         if request.url.path == "/oauth2/token":

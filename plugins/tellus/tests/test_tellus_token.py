@@ -6,7 +6,8 @@ import json
 
 import httpx
 import pytest
-from resilience_tellus import TOKEN_PATH, TellusToken, simulator
+from resilience_tellus import TOKEN_PATH, TellusToken
+from resilience_tellus.testing import simulator
 
 import resilience
 from resilience import TokenFetchError, TokenRefreshed
@@ -47,7 +48,7 @@ async def test_token_through_the_preset_over_loopback() -> None:
     sim = simulator(clock=clock, client_id=ID, client_secret=SECRET)
     events: list[object] = []
     async with serve(sim) as base_url:
-        auth = TellusToken(client_id=ID, client_secret=SECRET)
+        auth = TellusToken(client_id=ID, client_secret=SECRET, base_url=base_url)
         pipeline = resilience.standard_pipeline(
             "tellus", auth=auth, clock=clock, hooks=[events.append]
         )
@@ -69,7 +70,7 @@ async def test_short_lived_tokens_are_refreshed_before_expiry() -> None:
         client_secret=SECRET,
         plan=resilience.testing.FaultPlan(token_ttl=120),
     )
-    auth = TellusToken(client_id=ID, client_secret=SECRET)
+    auth = TellusToken(client_id=ID, client_secret=SECRET, base_url="http://tellus.test")
     pipeline = resilience.standard_pipeline("tellus", auth=auth, clock=clock)
     transport = resilience.ResilientTransport(pipeline, inner=httpx.ASGITransport(app=sim))
     async with httpx.AsyncClient(base_url="http://tellus.test", transport=transport) as client:
@@ -152,11 +153,71 @@ async def test_answer_shapes() -> None:
 
 
 def test_repr_and_url() -> None:
-    """The secret never shows; the URL is built from base_url, token_url or the path."""
+    """The secret never shows; the URL is built from base_url or token_url, and is
+    the token endpoint AuthRefresh takes its origin from."""
     provider = TellusToken(client_id=ID, client_secret=SECRET, base_url="https://api.t/")
     assert SECRET not in repr(provider)
     assert SECRET not in str(provider)
     assert provider.url == "https://api.t/v1/operator/oauth/token"
-    assert TellusToken(client_id=ID, client_secret=SECRET).url == TOKEN_PATH
+    assert provider.token_endpoint == provider.url
     custom = TellusToken(client_id=ID, client_secret=SECRET, token_url="https://x/t")
     assert custom.url == "https://x/t"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "named"),
+    [
+        ({"client_id": ID, "client_secret": SECRET}, "base_url"),
+        ({"client_id": ID, "client_secret": "", "base_url": "https://api.t"}, "client_secret"),
+        ({"client_id": ID, "client_secret": None, "base_url": "https://api.t"}, "client_secret"),
+        ({"client_id": None, "client_secret": SECRET, "base_url": "https://api.t"}, "client_id"),
+        ({"client_id": "", "client_secret": SECRET, "base_url": "https://api.t"}, "client_id"),
+        ({"client_id": ID, "client_secret": SECRET, "base_url": "api.t"}, "base_url"),
+        ({"client_id": ID, "client_secret": SECRET, "base_url": "ftp://api.t"}, "base_url"),
+        ({"client_id": ID, "client_secret": SECRET, "base_url": 42}, "base_url"),
+        ({"client_id": ID, "client_secret": SECRET, "token_url": "/v1/tok"}, "token_url"),
+    ],
+)
+def test_bad_arguments_fail_at_construction(kwargs: dict[str, object], named: str) -> None:
+    """An empty secret, no client id, a base URL that is not one, or no base at all
+    (a path would be resolved against whatever host is being called): a
+    ConfigurationError naming the argument, never quoting the secret."""
+    with pytest.raises(resilience.errors.ConfigurationError, match=named) as caught:
+        TellusToken(**kwargs)  # type: ignore[arg-type]
+    assert SECRET not in str(caught.value)
+
+
+async def test_error_envelope_on_a_200_is_scrubbed() -> None:
+    """A 200 carrying an error envelope that echoes the secret (in its message and
+    in its details): the TokenFetchError, its problem and AuthRefresh's warning
+    hold no trace of it."""
+    echo = {
+        "code": 2001,
+        "message": f"client {ID} with secret {SECRET} is unknown",
+        "details": {"field": "client_secret", "received": SECRET, "hint": [f"x{SECRET}x"]},
+    }
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == TOKEN_PATH:
+            return httpx.Response(200, json=echo)
+        return httpx.Response(200, json={"code": 0, "data": []})
+
+    provider = TellusToken(client_id=ID, client_secret=SECRET, base_url="http://tellus.test")
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
+        with pytest.raises(TokenFetchError) as direct:
+            await provider.fetch(http)
+    problem = direct.value.problem
+    assert problem is not None
+    assert problem.code == "2001"
+    texts = [str(direct.value), repr(direct.value), repr(problem), repr(problem.details)]
+    assert not any(SECRET in text for text in texts), texts
+
+    pipeline = resilience.Pipeline(
+        [resilience.AuthRefresh(provider)], classifier="tellus", clock=VirtualClock()
+    )
+    transport = resilience.ResilientTransport(pipeline, inner=httpx.MockTransport(handler))
+    async with httpx.AsyncClient(base_url="http://tellus.test", transport=transport) as client:
+        with pytest.raises(TokenFetchError) as through:
+            await client.get("/v1/operator/sites")
+    assert through.value.problem is not None
+    assert SECRET not in f"{through.value} {through.value!r} {through.value.problem!r}"

@@ -7,7 +7,8 @@ import json
 
 import httpx
 import pytest
-from resilience_turris import TOKEN_PATH, TurrisToken, simulator
+from resilience_turris import TOKEN_PATH, TurrisToken
+from resilience_turris.testing import simulator
 
 import resilience
 from resilience import TokenFetchError, TokenRefreshed
@@ -47,7 +48,7 @@ async def test_preset_renews_five_minutes_early() -> None:
     clock = VirtualClock()
     sim = simulator(clock=clock, client_id=ID, client_secret=SECRET)
     events: list[object] = []
-    auth = TurrisToken(client_id=ID, client_secret=SECRET)
+    auth = TurrisToken(client_id=ID, client_secret=SECRET, base_url="http://turris.test")
     pipeline = resilience.standard_pipeline("turris", auth=auth, clock=clock, hooks=[events.append])
     transport = resilience.ResilientTransport(pipeline, inner=httpx.ASGITransport(app=sim))
     async with httpx.AsyncClient(base_url="http://turris.test", transport=transport) as client:
@@ -146,7 +147,28 @@ def test_repr_and_url() -> None:
     provider = TurrisToken(client_id=ID, client_secret=SECRET, base_url="https://t/")
     assert SECRET not in repr(provider)
     assert provider.url == "https://t/v1/auth/jwt"
-    assert TurrisToken(client_id=ID, client_secret=SECRET).url == TOKEN_PATH
+    assert provider.token_endpoint == provider.url
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "named"),
+    [
+        ({"client_id": ID, "client_secret": SECRET}, "base_url"),
+        ({"client_id": ID, "client_secret": "", "base_url": "https://t"}, "client_secret"),
+        ({"client_id": ID, "client_secret": 7, "base_url": "https://t"}, "client_secret"),
+        ({"client_id": None, "client_secret": SECRET, "base_url": "https://t"}, "client_id"),
+        ({"client_id": " ", "client_secret": SECRET, "base_url": "https://t"}, "client_id"),
+        ({"client_id": ID, "client_secret": SECRET, "base_url": "not a url"}, "base_url"),
+        ({"client_id": ID, "client_secret": SECRET, "base_url": "//t.example"}, "base_url"),
+        ({"client_id": ID, "client_secret": SECRET, "token_url": "v1/auth/jwt"}, "token_url"),
+    ],
+)
+def test_bad_arguments_fail_at_construction(kwargs: dict[str, object], named: str) -> None:
+    """An empty secret, no client id, a base URL that is not one, or no base at all:
+    a ConfigurationError naming the argument, never quoting the secret."""
+    with pytest.raises(resilience.errors.ConfigurationError, match=named) as caught:
+        TurrisToken(**kwargs)  # type: ignore[arg-type]
+    assert SECRET not in str(caught.value)
 
 
 async def test_answer_without_token_names_the_request_id() -> None:

@@ -5,7 +5,8 @@ Derapi's token endpoint is RFC 6749 client credentials: a form body
 JSON answer ``{access_token, token_type, expires_in}``. The core's
 :class:`~resilience.OAuth2ClientCredentials` does exactly that; this module only
 builds the URL and names Derapi in its errors. ``AuthRefresh`` caches the token
-and refreshes it (before ``expires_in`` runs out, and once on a 401 about it).
+and refreshes it (before ``expires_in`` runs out, and once on a 401 about it), and
+sends it only to the token endpoint's origin: ``api.derapi.com`` by default.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import attrs
 import httpx
 
 from resilience import Clock, OAuth2ClientCredentials, Token, TokenFetchError
+from resilience.errors import ConfigurationError
 
 __all__ = ["DEFAULT_BASE_URL", "TOKEN_PATH", "DerapiClientCredentials", "token_provider"]
 
@@ -38,16 +40,19 @@ class DerapiClientCredentials(OAuth2ClientCredentials):
         try:
             return await super().fetch(http)
         except TokenFetchError as exc:
-            problem = exc.problem
-            if problem is not None:
-                problem = attrs.evolve(problem, vendor="derapi")
-            raise TokenFetchError(
-                f"derapi {exc}",
-                transient=exc.transient,
-                retry_after=exc.retry_after,
-                request=getattr(exc, "_request", None),
-                problem=problem,
-            ) from None
+            failure = exc
+        problem = failure.problem
+        if problem is not None:
+            problem = attrs.evolve(problem, vendor="derapi")
+        # Raised outside the except block, so the core's error is not kept as
+        # __context__ (its message is in this one).
+        raise TokenFetchError(
+            f"derapi {failure}",
+            transient=failure.transient,
+            retry_after=failure.retry_after,
+            request=getattr(failure, "_request", None),
+            problem=problem,
+        )
 
 
 def token_provider(
@@ -61,11 +66,16 @@ def token_provider(
 ) -> DerapiClientCredentials:
     """The Derapi token provider.
 
+    The token goes only to requests for the token endpoint's origin (the API's,
+    from ``base_url``). With a ``token_url`` on another host, name the API:
+    ``AuthRefresh(provider, origins=["https://api.derapi.com"])``.
+
     Args:
-        client_id: the Derapi client id.
-        client_secret: its secret (kept hidden from reprs, logs and errors).
-        base_url: the API's base URL; the token URL is ``base_url`` + ``/oauth2/token``.
-        token_url: the full token URL, when it is elsewhere.
+        client_id: the Derapi client id (a non-empty str).
+        client_secret: its secret, non-empty (kept hidden from reprs, logs and errors).
+        base_url: the API's base URL (absolute http or https); the token URL is
+            ``base_url`` + ``/oauth2/token``.
+        token_url: the full token URL (absolute), when it is elsewhere.
         scope: scopes to ask for (Derapi documents none).
         clock: stamps the token's ``obtained_at``.
 
@@ -73,6 +83,25 @@ def token_provider(
 
         auth = resilience_derapi.token_provider(client_id="…", client_secret="…")
         pipeline = resilience.standard_pipeline("derapi", auth=auth)
+
+    Raises:
+        resilience.errors.ConfigurationError: an argument is missing or malformed
+            (the message names it, never the secret).
     """
+    if token_url is None:
+        _check_base_url(base_url)
     url = token_url if token_url is not None else base_url.rstrip("/") + TOKEN_PATH
     return DerapiClientCredentials(url, client_id, client_secret, scope, clock=clock)
+
+
+def _check_base_url(value: object) -> None:
+    # Never quote the value: a URL may carry user:password.
+    problem = "token_provider: base_url must be an absolute http(s) URL"
+    if not isinstance(value, str):
+        raise ConfigurationError(f"{problem}, got {type(value).__name__}")
+    try:
+        url: httpx.URL | None = httpx.URL(value)
+    except (httpx.InvalidURL, TypeError, ValueError):
+        url = None  # raised below, not here: httpx's error may quote the URL
+    if url is None or url.scheme not in ("http", "https") or not url.host:
+        raise ConfigurationError(problem)
