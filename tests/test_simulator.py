@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
+from resilience.errors import ConfigurationError
 from resilience.testing import (
     Fault,
     FaultPlan,
@@ -184,6 +185,34 @@ async def test_tokens_expire_on_the_clock() -> None:
     assert h.sim.tokens_issued == 1
 
 
+@pytest.mark.parametrize("ttl", [0, 0.5, 0.999, -1.0, float("nan"), float("inf"), "60"])
+def test_plan_token_ttl_below_a_second_is_refused(ttl: Any) -> None:
+    """A token life under one second (or not a number) is refused when the plan is
+    built, naming token_ttl: it would be announced as ``expires_in: 0`` and be
+    expired when issued."""
+    with pytest.raises(ConfigurationError, match="FaultPlan: token_ttl"):
+        FaultPlan(token_ttl=ttl)
+
+
+@pytest.mark.parametrize("ttl", [1, 1.5, 7])
+@pytest.mark.parametrize("issued_at", [0.0, 0.3, 0.7, 0.999])
+async def test_tokens_live_at_least_their_announced_life(ttl: float, issued_at: float) -> None:
+    """Whatever the fraction of a second a token is issued at, it is valid for the
+    whole seconds a token endpoint announces, and expired one second after its life."""
+    clock = VirtualClock()
+    sim = ToySimulator(clock=clock, plan=FaultPlan(token_ttl=ttl))
+    clock.advance(issued_at)  # the simulator's epoch is a whole second
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=sim), base_url=BASE) as c:
+        answer = (await c.post("/token", json={"id": "sim-client", "secret": "sim-secret"})).json()
+        announced = int(answer["life"])  # vendors announce whole seconds
+        assert announced >= 1
+        token = {"Authorization": f"Bearer {answer['token']}"}
+        clock.advance(announced - 0.001)
+        assert (await c.get("/things/1", headers=token)).status_code == 200
+        clock.advance(ttl + 1.0 - announced)
+        assert (await c.get("/things/1", headers=token)).json() == {"err": "expired"}
+
+
 async def test_plan_token_ttl_and_expire_tokens() -> None:
     """The plan shortens token life; expire_tokens() kills every token issued so far."""
     async with Harness(FaultPlan(token_ttl=5)) as h:
@@ -319,13 +348,18 @@ async def test_rate_limits_are_per_client_and_can_be_off() -> None:
 
 
 def test_plan_validation() -> None:
-    """Rates are probabilities, times are finite and non-negative."""
-    with pytest.raises(ValueError, match="probability"):
+    """Rates are probabilities, times are finite and non-negative: a
+    ConfigurationError (a ValueError) naming the argument."""
+    with pytest.raises(ConfigurationError, match="Fault: rate"):
         Fault(code="x", rate=1.5)
-    with pytest.raises(ValueError, match="seconds"):
+    with pytest.raises(ConfigurationError, match="Outage: start"):
         Outage(start=-1, duration=5)
-    with pytest.raises(ValueError, match="seconds"):
+    with pytest.raises(ConfigurationError, match="Slowness: delay"):
         Slowness(delay=float("inf"))
+    with pytest.raises(ConfigurationError, match="Fault: end"):
+        Fault(code="x", end=-1.0)
+    with pytest.raises(ValueError, match="rate"):
+        FaultPlan(errors={"x": -0.1})
     plan = FaultPlan(errors={"a": 0.5})
     assert plan.errors == (Fault(code="a", rate=0.5),)
     assert FaultPlan().rate_limits is None
@@ -378,11 +412,11 @@ async def test_serve_reports_a_failing_app() -> None:
 
 def test_rate_limit_validation() -> None:
     """A limit is a non-negative integer per a positive window."""
-    with pytest.raises(ValueError, match="window"):
+    with pytest.raises(ConfigurationError, match="RateLimit: window"):
         RateLimit(limit=1, window=0)
-    with pytest.raises(ValueError, match="limit"):
+    with pytest.raises(ConfigurationError, match="RateLimit: limit"):
         RateLimit(limit=-1)
-    with pytest.raises(TypeError):
+    with pytest.raises(ConfigurationError, match="RateLimit: limit must be an integer"):
         RateLimit(limit=1.5)  # type: ignore[arg-type]
 
 

@@ -6,8 +6,10 @@ from typing import Any
 
 import httpx
 import pytest
-from resilience_tellus import TOKEN_PATH, TellusSimulator, render_error, simulator
+from resilience_tellus import TOKEN_PATH
+from resilience_tellus.testing import TellusSimulator, render_error, simulator
 
+from resilience.errors import ConfigurationError
 from resilience.testing import FaultPlan, Outage, VirtualClock
 
 pytestmark = pytest.mark.anyio
@@ -157,6 +159,23 @@ async def test_tokens() -> None:
     assert (none.status_code, none.json()["code"]) == (401, 2001)
     assert garbage.json()["code"] == 2001
     assert (expired.status_code, expired.json()["code"]) == (401, 2002)
+
+
+async def test_short_token_ttl_is_announced_and_honoured() -> None:
+    """FaultPlan(token_ttl=1) issued mid-second: ``expires_in`` is 1 and the token
+    works for that second; a life under a second is refused when the plan is built."""
+    with pytest.raises(ConfigurationError, match="token_ttl"):
+        FaultPlan(token_ttl=0.5)
+    clock = VirtualClock()
+    async with Client(simulator(clock=clock, plan=FaultPlan(token_ttl=1))) as c:
+        clock.advance(0.7)  # mid-second: the simulator's epoch is a whole second
+        answer = (await c.token()).json()
+        assert answer["expires_in"] == 1
+        c.headers = {"Authorization": f"Bearer {answer['access_token']}"}
+        clock.advance(0.9)
+        assert (await c.get("/v1/operator/sites")).status_code == 200
+        clock.advance(1.2)
+        assert (await c.get("/v1/operator/sites")).json()["code"] == 2002
 
 
 async def test_query_rate_limit() -> None:

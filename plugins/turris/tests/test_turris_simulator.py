@@ -8,7 +8,8 @@ from typing import Any
 
 import httpx
 import pytest
-from resilience_turris import TOKEN_PATH, TurrisSimulator, render_error, simulator
+from resilience_turris import TOKEN_PATH
+from resilience_turris.testing import TurrisSimulator, render_error, simulator
 
 from resilience.testing import FaultPlan, Outage, VirtualClock
 

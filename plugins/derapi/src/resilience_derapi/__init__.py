@@ -5,10 +5,13 @@ so ``Pipeline([...], classifier="derapi")`` and
 ``resilience.standard_pipeline("derapi", auth=resilience_derapi.token_provider(...))``
 work. The plugin object :data:`plugin` carries the classifier (which also splits
 partial-success lists for the :class:`~resilience.PartialFailureSplitter`), the
-token flow, the preset and the simulator.
+token flow, the preset and names its simulator
+(``resilience_derapi.testing``, imported only when a test or the demo calls it).
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from resilience import VendorPlugin
 
@@ -21,36 +24,20 @@ from ._classifier import (
     type_uri,
 )
 from ._preset import DERAPI_PRESET, preset
-from ._simulator import (
-    API_VERSION,
-    Backend,
-    DerapiSimulator,
-    Touch,
-    error_response,
-    render_problem,
-    simulator,
-)
 from ._token import DEFAULT_BASE_URL, TOKEN_PATH, DerapiClientCredentials, token_provider
 
 __all__ = [
-    "API_VERSION",
     "BACKEND_ERROR_NAMES",
     "DEFAULT_BASE_URL",
     "DERAPI_CODES",
     "DERAPI_PRESET",
     "TOKEN_PATH",
     "TYPE_PREFIX",
-    "Backend",
     "DerapiClassifier",
     "DerapiClientCredentials",
-    "DerapiSimulator",
-    "Touch",
     "backend_verdict",
-    "error_response",
     "plugin",
     "preset",
-    "render_problem",
-    "simulator",
     "token_provider",
     "type_uri",
 ]
@@ -63,9 +50,40 @@ plugin = VendorPlugin(
     codes=DERAPI_CODES,
     token_provider=token_provider,
     preset=preset,
-    simulator=simulator,
-    render_error=error_response,
+    simulator="resilience_derapi.testing:simulator",
+    render_error="resilience_derapi.testing:error_response",
     probe="/sites",
     description="Derapi (solar, batteries): RFC 9457 problem details, partial-success lists",
 )
 """The entry point ``resilience.classifiers:derapi``."""
+
+if TYPE_CHECKING:  # the names below moved to resilience_derapi.testing
+    from .testing import API_VERSION as API_VERSION
+    from .testing import Backend as Backend
+    from .testing import DerapiSimulator as DerapiSimulator
+    from .testing import Touch as Touch
+    from .testing import error_response as error_response
+    from .testing import render_problem as render_problem
+    from .testing import simulator as simulator
+
+#: Names that moved to :mod:`resilience_derapi.testing`, still importable from here.
+_MOVED_TO_TESTING = frozenset(
+    {
+        "API_VERSION",
+        "Backend",
+        "DerapiSimulator",
+        "Touch",
+        "error_response",
+        "render_problem",
+        "simulator",
+    }
+)
+
+
+def __getattr__(name: str) -> Any:
+    # Imported on first use, so building a pipeline never loads the test tooling.
+    if name in _MOVED_TO_TESTING:
+        from . import testing
+
+        return getattr(testing, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -4,16 +4,18 @@ Installing it registers the entry point ``turris`` in ``resilience.classifiers``
 so ``Pipeline([...], classifier="turris")`` and
 ``resilience.standard_pipeline("turris", auth=TurrisToken(...))`` work. The
 plugin object :data:`plugin` carries the classifier, the token flow, the preset
-and the simulator.
+and names its simulator
+(``resilience_turris.testing``, imported only when a test or the demo calls it).
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from resilience import VendorPlugin
 
 from ._classifier import TURRIS_CODES, TurrisClassifier, rate_limit_reset
 from ._preset import TURRIS_PRESET, preset
-from ._simulator import TurrisSimulator, error_response, render_error, simulator
 from ._token import TOKEN_PATH, TurrisToken
 
 __all__ = [
@@ -21,13 +23,10 @@ __all__ = [
     "TURRIS_CODES",
     "TURRIS_PRESET",
     "TurrisClassifier",
-    "TurrisSimulator",
     "TurrisToken",
     "plugin",
     "preset",
     "rate_limit_reset",
-    "render_error",
-    "simulator",
 ]
 
 __version__ = "0.1.0"
@@ -38,9 +37,27 @@ plugin = VendorPlugin(
     codes=TURRIS_CODES,
     token_provider=TurrisToken,
     preset=preset,
-    simulator=simulator,
-    render_error=error_response,
+    simulator="resilience_turris.testing:simulator",
+    render_error="resilience_turris.testing:error_response",
     probe="/v1/auth/test-oauth",
     description="Turris Public API: {statusCode, requestId, errorType, errorMessage[]} errors",
 )
 """The entry point ``resilience.classifiers:turris``."""
+
+if TYPE_CHECKING:  # the names below moved to resilience_turris.testing
+    from .testing import TurrisSimulator as TurrisSimulator
+    from .testing import error_response as error_response
+    from .testing import render_error as render_error
+    from .testing import simulator as simulator
+
+#: Names that moved to :mod:`resilience_turris.testing`, still importable from here.
+_MOVED_TO_TESTING = frozenset({"TurrisSimulator", "error_response", "render_error", "simulator"})
+
+
+def __getattr__(name: str) -> Any:
+    # Imported on first use, so building a pipeline never loads the test tooling.
+    if name in _MOVED_TO_TESTING:
+        from . import testing
+
+        return getattr(testing, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,7 +1,8 @@
-"""Public helpers for tests: a virtual clock, scripted transports, simulators.
+"""Scripted transports for tests: an inner ``httpx`` transport that plays a script.
 
-Nothing here sleeps for real: ``VirtualClock`` makes a retry scenario with
-30-second backoffs finish in milliseconds.
+A test puts one of these under :class:`~resilience.ResilientTransport` (or uses
+:func:`through`, which builds the pipeline too) and asserts on what the pipeline
+sent and whether every response body was closed (:meth:`ScriptedTransport.unclosed`).
 """
 
 from __future__ import annotations
@@ -13,49 +14,19 @@ import anyio
 import attrs
 import httpx
 
-from ._clock import Clock, VirtualClock
-from ._conformance import PluginConformance
-from ._pipeline import Pipeline
-from ._simulator import (
-    Fault,
-    FaultPlan,
-    LimitState,
-    Outage,
-    RateLimit,
-    Received,
-    SimRequest,
-    SimResponse,
-    Simulator,
-    Slowness,
-    TokenCheck,
-    route,
-    serve,
-)
-from ._transport import ResilientTransport
+from .._clock import Clock, VirtualClock
+from .._pipeline import Pipeline
+from .._transport import ResilientTransport
 
 __all__ = [
     "ClosingStream",
-    "Fault",
-    "FaultPlan",
     "HangingTransport",
-    "LimitState",
-    "Outage",
-    "PluginConformance",
-    "RateLimit",
-    "Received",
     "ScriptedTransport",
-    "SimRequest",
-    "SimResponse",
-    "Simulator",
-    "Slowness",
     "StallingStream",
-    "TokenCheck",
-    "VirtualClock",
     "reply",
-    "route",
-    "serve",
     "through",
 ]
+
 
 Step = httpx.Response | BaseException | Callable[[httpx.Request], httpx.Response]
 
@@ -201,8 +172,3 @@ def through(
         list(layers), clock=clock if clock is not None else VirtualClock(), **options
     )
     return ResilientTransport(pipeline, inner=inner)
-
-
-def requests_of(transport: ScriptedTransport) -> Iterable[str]:
-    """``"METHOD path"`` of every request the transport saw."""
-    return [f"{r.method} {r.url.path}" for r in transport.requests]

@@ -1,19 +1,9 @@
-"""Vendor simulators: the fault-plan machinery and a small ASGI toolkit.
+"""The simulator base: a plain ASGI app with a router, tokens, a fault plan and a record.
 
-Each plugin ships an ASGI app that emulates its vendor's API. This module holds
-everything those apps share, so a simulator only renders its vendor's dialect:
-
-* :class:`FaultPlan`: what goes wrong and when: error rates per code
-  (:class:`Fault`, drawn from a seeded random), outages for a period
-  (:class:`Outage`), slow responses (:class:`Slowness`), short-lived tokens
-  (``token_ttl``) and rate limits in fixed windows (:class:`RateLimit`). Every
-  time in a plan is seconds since the simulator was created, on its clock.
-* :class:`Simulator`: a plain ASGI callable (no web framework) with a tiny
-  router (:func:`route`), JWT-like token issuing and checking, the fault plan
-  applied in a fixed order, and a record of every request received
-  (:attr:`Simulator.received`), so tests can assert what was (not) retried.
-* :func:`serve`: runs any ASGI app with uvicorn on a free 127.0.0.1 port, in a
-  thread with its own event loop, for tests running under asyncio or trio.
+Each plugin's ``resilience_<vendor>.testing`` subclasses :class:`Simulator` and only
+renders its vendor's dialect. A request goes through, in order: slowness, outage,
+routing, the bearer check, rate limits, injected faults (all from the
+:class:`~resilience.testing.FaultPlan`), then the route's handler.
 
 Time goes through the injected :class:`~resilience.Clock`: a slow response under a
 ``VirtualClock`` moves virtual time on and returns at once, so tests never sleep.
@@ -25,7 +15,6 @@ with virtual time too.
 from __future__ import annotations
 
 import base64
-import contextlib
 import email.utils
 import fnmatch
 import hashlib
@@ -35,414 +24,26 @@ import math
 import random
 import re
 import secrets
-import socket
 import threading
 import time
 import urllib.parse
-from collections.abc import (
-    AsyncIterator,
-    Awaitable,
-    Callable,
-    Iterable,
-    Iterator,
-    Mapping,
-    Sequence,
-)
+from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping, Sequence
 from typing import Any, ClassVar
 
-import anyio
 import attrs
-import httpx
 
-from ._clock import SYSTEM_CLOCK, Clock
-from ._plugin import parse_json_object
+from .._clock import SYSTEM_CLOCK, Clock
+from .._plugin import parse_json_object
+from ._faults import FaultPlan, LimitState, RateLimit
+from ._messages import Received, SimRequest, SimResponse, TokenCheck, _Headers
 
-__all__ = [
-    "Fault",
-    "FaultPlan",
-    "LimitState",
-    "Outage",
-    "RateLimit",
-    "Received",
-    "SimRequest",
-    "SimResponse",
-    "Simulator",
-    "Slowness",
-    "TokenCheck",
-    "route",
-    "serve",
-]
+__all__ = ["MAX_REQUEST_BYTES", "Simulator", "route"]
 
 #: Request bodies larger than this are refused (413) before a handler sees them.
 MAX_REQUEST_BYTES = 10 << 20
 
 ASGIReceive = Callable[[], Awaitable[Mapping[str, Any]]]
-ASGISend = Callable[[Mapping[str, Any]], Awaitable[None]]
-
-
-# --------------------------------------------------------------------------------------
-# The fault plan
-
-
-def _methods(value: Iterable[str] | None) -> frozenset[str] | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = [value]
-    return frozenset(m.upper() for m in value)
-
-
-def _rate(value: float) -> float:
-    if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-        raise ValueError(f"rate must be a probability in [0, 1], got {value!r}")
-    return float(value)
-
-
-def _seconds(value: float) -> float:
-    if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"seconds must be a finite number >= 0, got {value!r}")
-    return float(value)
-
-
-@attrs.frozen(kw_only=True)
-class _Scope:
-    """Which requests, and when, a rule applies to (shared by faults and limits)."""
-
-    methods: frozenset[str] | None = attrs.field(default=None, converter=_methods)
-    """Only these methods (``None``: all)."""
-    path: str | None = None
-    """Only paths matching this shell-style pattern (``*`` matches ``/`` too);
-    ``None``: every resource path (not the token endpoint)."""
-
-    def matches(self, request: SimRequest, *, is_auth: bool) -> bool:
-        if self.methods is not None and request.method not in self.methods:
-            return False
-        if self.path is None:
-            return not is_auth
-        return fnmatch.fnmatchcase(request.path, self.path)
-
-
-@attrs.frozen(kw_only=True)
-class Fault(_Scope):
-    """Answer a fraction of matching requests with a vendor code.
-
-    ``code`` is one of the vendor's codes (``"9001"``, ``"internal_error"``), or
-    ``"http:<status>"`` for a non-vendor answer: an HTML page from a proxy in
-    front of the vendor (``"http:502"``).
-    """
-
-    code: str
-    """The code to answer with."""
-    rate: float = attrs.field(default=1.0, converter=_rate)
-    """Probability per matching request."""
-    status: int | None = None
-    """The HTTP status (default: the code's documented one)."""
-    start: float = attrs.field(default=0.0, converter=_seconds)
-    """Active from this time (seconds since the simulator started)."""
-    end: float | None = None
-    """Active until this time (``None``: for ever)."""
-
-    def active(self, elapsed: float) -> bool:
-        return self.start <= elapsed and (self.end is None or elapsed < self.end)
-
-
-@attrs.frozen(kw_only=True)
-class Outage(_Scope):
-    """Every matching request fails for ``duration`` seconds from ``start``.
-
-    Unlike a :class:`Fault`, an outage with no ``path`` hits the token endpoint too.
-    """
-
-    start: float = attrs.field(converter=_seconds)
-    """When it starts (seconds since the simulator started)."""
-    duration: float = attrs.field(converter=_seconds)
-    """How long it lasts."""
-    code: str | None = None
-    """What to answer (default: the simulator's ``outage_code``)."""
-    status: int | None = None
-    """The HTTP status (default: the code's documented one)."""
-
-    def active(self, elapsed: float) -> bool:
-        return self.start <= elapsed < self.start + self.duration
-
-    def matches(self, request: SimRequest, *, is_auth: bool) -> bool:
-        if self.methods is not None and request.method not in self.methods:
-            return False
-        return self.path is None or fnmatch.fnmatchcase(request.path, self.path)
-
-
-@attrs.frozen(kw_only=True)
-class Slowness(_Scope):
-    """Delay a fraction of matching responses by ``delay`` seconds (on the clock)."""
-
-    delay: float = attrs.field(converter=_seconds)
-    """Seconds added before the answer."""
-    rate: float = attrs.field(default=1.0, converter=_rate)
-    """Probability per matching request."""
-    start: float = attrs.field(default=0.0, converter=_seconds)
-    """Active from this time."""
-    end: float | None = None
-    """Active until this time (``None``: for ever)."""
-
-    def active(self, elapsed: float) -> bool:
-        return self.start <= elapsed and (self.end is None or elapsed < self.end)
-
-
-@attrs.frozen(kw_only=True)
-class RateLimit(_Scope):
-    """At most ``limit`` matching requests per client in each fixed ``window``.
-
-    Windows are aligned on the simulator's start (0-60 s, 60-120 s, ...); a request
-    over the limit is answered by the simulator's rate-limit rendering and does not
-    count. ``path=None`` covers resource paths only, as for faults.
-    """
-
-    limit: int = attrs.field(
-        validator=attrs.validators.and_(attrs.validators.instance_of(int), attrs.validators.ge(0))
-    )
-    """Requests allowed per window."""
-    window: float = attrs.field(
-        default=60.0, converter=_seconds, validator=attrs.validators.gt(0.0)
-    )
-    """The window, in seconds."""
-    name: str = ""
-    """A label (``"query"``, ``"control"``, ``"token"``)."""
-
-
-@attrs.frozen(kw_only=True)
-class LimitState:
-    """Where a client stands against one :class:`RateLimit` after a request."""
-
-    rule: RateLimit
-    """The rule."""
-    remaining: int
-    """Requests left in this window."""
-    reset_at: float
-    """Wall-clock (Unix) time the window ends, on the simulator's epoch."""
-    retry_after: float
-    """Seconds until the window ends."""
-    exceeded: bool
-    """Whether this request was over the limit."""
-
-
-def _faults(value: Mapping[str, float] | Iterable[Fault]) -> tuple[Fault, ...]:
-    if isinstance(value, Mapping):
-        return tuple(Fault(code=str(code), rate=rate) for code, rate in value.items())
-    return tuple(value)
-
-
-def _outages(value: Iterable[Outage]) -> tuple[Outage, ...]:
-    return tuple(value)
-
-
-def _slowness(value: Iterable[Slowness]) -> tuple[Slowness, ...]:
-    return tuple(value)
-
-
-def _optional_limits(value: Iterable[RateLimit] | None) -> tuple[RateLimit, ...] | None:
-    return None if value is None else tuple(value)
-
-
-@attrs.frozen(kw_only=True)
-class FaultPlan:
-    """What a simulator does wrong, and when.
-
-    Example::
-
-        FaultPlan(
-            errors={"9001": 0.2, "5001": 0.05},          # 20% internal errors, 5% 429s
-            outages=[Outage(start=30, duration=20)],      # everything fails from t=30 to 50
-            slow=[Slowness(delay=2.0, rate=0.1)],         # 10% of answers take 2 s longer
-            token_ttl=120,                                # tokens expire after 2 minutes
-            seed=7,
-        )
-
-    ``rate_limits=None`` keeps the vendor's documented limits; ``()`` turns them off.
-    """
-
-    errors: tuple[Fault, ...] = attrs.field(default=(), converter=_faults)
-    """Injected errors: a mapping code -> rate, or :class:`Fault` objects."""
-    outages: tuple[Outage, ...] = attrs.field(default=(), converter=_outages)
-    """Periods when every matching request fails."""
-    slow: tuple[Slowness, ...] = attrs.field(default=(), converter=_slowness)
-    """Slow responses."""
-    token_ttl: float | None = None
-    """Life of issued tokens in seconds (default: the vendor's)."""
-    rate_limits: tuple[RateLimit, ...] | None = attrs.field(
-        default=None, converter=_optional_limits
-    )
-    """Rate limits (``None``: the vendor's documented ones)."""
-    seed: int = 0
-    """Seed of the random draws, so a plan replays identically."""
-
-
-# --------------------------------------------------------------------------------------
-# Requests, responses, records
-
-
-class _Headers(Mapping[str, str]):
-    """Case-insensitive read-only request headers (the last value wins)."""
-
-    __slots__ = ("_items",)
-
-    def __init__(self, raw: Iterable[tuple[bytes, bytes]]) -> None:
-        self._items = {k.decode("latin-1").lower(): v.decode("latin-1", "replace") for k, v in raw}
-
-    def __getitem__(self, key: str) -> str:
-        return self._items[key.lower()]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._items)
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-
-@attrs.frozen(kw_only=True)
-class SimRequest:
-    """A request as a simulator sees it."""
-
-    method: str
-    """Upper-case method."""
-    path: str
-    """The URL path."""
-    query: Mapping[str, str]
-    """Query parameters (the last value of a repeated one)."""
-    headers: Mapping[str, str]
-    """Headers, case-insensitive."""
-    body: bytes = attrs.field(repr=False)
-    """The raw body."""
-    params: Mapping[str, str] = attrs.field(factory=dict)
-    """Path parameters filled in by the router."""
-
-    def json(self) -> dict[str, Any] | None:
-        """The body as a JSON object, or ``None`` (never raises)."""
-        return parse_json_object(self.body)
-
-    @property
-    def bearer(self) -> str | None:
-        """The bearer token of the ``Authorization`` header, if any."""
-        value = self.headers.get("authorization")
-        if value is None:
-            return None
-        scheme, _, token = value.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            return None
-        return token.strip()
-
-    @property
-    def idempotency_key(self) -> str | None:
-        """The ``Idempotency-Key`` (or ``X-Idempotency-Key``) header, if any."""
-        return self.headers.get("idempotency-key") or self.headers.get("x-idempotency-key")
-
-
-@attrs.define(kw_only=True)
-class SimResponse:
-    """A response a simulator sends."""
-
-    status: int
-    """The HTTP status."""
-    body: bytes = b""
-    """The raw body."""
-    headers: list[tuple[str, str]] = attrs.field(factory=list)
-    """Headers (``content-length`` is added when sent)."""
-    code: str | None = None
-    """The vendor code this answer carries (kept in the record), if any."""
-
-    @classmethod
-    def json(
-        cls,
-        status: int,
-        data: Any,
-        *,
-        headers: Iterable[tuple[str, str]] = (),
-        code: str | None = None,
-        content_type: str = "application/json",
-    ) -> SimResponse:
-        """A JSON answer."""
-        body = json.dumps(data, separators=(",", ":")).encode()
-        return cls(
-            status=status,
-            body=body,
-            headers=[("content-type", content_type), *headers],
-            code=code,
-        )
-
-    @classmethod
-    def html(cls, status: int, title: str | None = None) -> SimResponse:
-        """An HTML error page, as a proxy or load balancer in front of a vendor sends."""
-        phrase = title or _reason(status)
-        page = (
-            f"<html><head><title>{status} {phrase}</title></head>"
-            f"<body><center><h1>{status} {phrase}</h1></center><hr>"
-            f"<center>nginx</center></body></html>\n"
-        )
-        return cls(
-            status=status,
-            body=page.encode(),
-            headers=[("content-type", "text/html")],
-            code=f"http:{status}",
-        )
-
-    def header(self, name: str) -> str | None:
-        """The first value of a header, if set."""
-        lowered = name.lower()
-        for key, value in self.headers:
-            if key.lower() == lowered:
-                return value
-        return None
-
-    def to_httpx(self, request: httpx.Request | None = None) -> httpx.Response:
-        """The same answer as an ``httpx.Response`` (for scripted transports)."""
-        headers = [*self.headers, ("content-length", str(len(self.body)))]
-        return httpx.Response(self.status, headers=headers, content=self.body, request=request)
-
-
-def _reason(status: int) -> str:
-    try:
-        return httpx.codes.get_reason_phrase(status) or "Error"
-    except Exception:  # pragma: no cover - unknown status
-        return "Error"
-
-
-@attrs.frozen(kw_only=True)
-class Received:
-    """One request a simulator received, and what it answered."""
-
-    method: str
-    """The method."""
-    path: str
-    """The path."""
-    query: str
-    """The raw query string."""
-    idempotency_key: str | None
-    """The idempotency key header, if the request carried one."""
-    body: bytes = attrs.field(repr=False)
-    """The request body (token requests: hidden from repr)."""
-    status: int
-    """The status answered."""
-    code: str | None
-    """The vendor code answered, when it was one."""
-    at: float
-    """Seconds since the simulator started."""
-    fault: str | None = None
-    """What the plan injected (``"outage"``, ``"fault"``, ``"rate_limit"``), if anything."""
-    token_request: bool = False
-    """Whether it went to a token endpoint (a route declared with ``auth=False``)."""
-
-
-@attrs.frozen
-class TokenCheck:
-    """What :meth:`Simulator.check_token` found about a bearer token."""
-
-    state: str
-    """``"ok"``, ``"missing"``, ``"invalid"`` (malformed, unknown, forged) or ``"expired"``."""
-    subject: str | None = None
-    """The client id the token was issued to, when it is one of ours."""
-
-
-# --------------------------------------------------------------------------------------
-# The simulator base
+ASGISend = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 
 Handler = Callable[..., Awaitable[SimResponse]]
@@ -592,7 +193,8 @@ class Simulator:
         claims = {
             "sub": subject,
             "iat": int(now),
-            "exp": int(now + life),
+            # Rounded up: a token lives at least the whole seconds it announces.
+            "exp": math.ceil(now + life),
             "jti": secrets.token_hex(8),
             "iss": f"{self.vendor}-simulator",
         }
@@ -898,77 +500,3 @@ def _unb64(text: str) -> bytes:
         return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
     except (ValueError, TypeError):
         return b""
-
-
-# --------------------------------------------------------------------------------------
-# Loopback server
-
-
-@contextlib.asynccontextmanager
-async def serve(
-    app: Callable[..., Awaitable[None]], *, host: str = "127.0.0.1", startup_timeout: float = 10.0
-) -> AsyncIterator[str]:
-    """Serve an ASGI app with uvicorn on a free loopback port; yield its base URL.
-
-    The server runs in a thread with its own asyncio event loop, so the test may
-    run under asyncio or trio. Leaving the context stops the server and joins the
-    thread. Needs ``uvicorn`` (the ``dev`` and ``demo`` extras)::
-
-        async with serve(resilience_tellus.simulator()) as base_url:
-            async with httpx.AsyncClient(base_url=base_url) as client:
-                ...
-    """
-    import uvicorn
-
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        # Accepted connections inherit it: without it, headers and body go out as
-        # two small writes and Nagle plus delayed ACKs add ~40 ms to every answer.
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.bind((host, 0))
-        port = sock.getsockname()[1]
-    except BaseException:
-        sock.close()
-        raise
-    config = uvicorn.Config(
-        app,
-        lifespan="off",
-        log_config=None,
-        log_level="warning",
-        access_log=False,
-        date_header=False,
-        server_header=False,
-        loop="asyncio",
-        http="h11",
-        ws="none",
-        timeout_graceful_shutdown=2,
-    )
-    server = uvicorn.Server(config)
-    failure: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            server.run(sockets=[sock])
-        except BaseException as exc:  # reported to the test below
-            failure.append(exc)
-
-    thread = threading.Thread(target=run, name=f"resilience-serve-{port}", daemon=True)
-    thread.start()
-    try:
-        with anyio.fail_after(startup_timeout):
-            # Polling is the portable way to wait on another thread's loop from
-            # either backend; it only runs while the server starts.
-            while not server.started:
-                if not thread.is_alive():
-                    raise RuntimeError(f"uvicorn failed to start: {failure!r}")
-                await SYSTEM_CLOCK.sleep(0.005)  # real time: another thread is starting
-        yield f"http://{host}:{port}"
-    finally:
-        server.should_exit = True
-        with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(thread.join, startup_timeout)
-            if thread.is_alive():  # pragma: no cover - a wedged connection
-                server.force_exit = True
-                await anyio.to_thread.run_sync(thread.join, startup_timeout)
-        sock.close()

@@ -1,5 +1,8 @@
 """A simulator of the Tellus Open Platform operator API (a plain ASGI app).
 
+This is ``resilience_tellus.testing``, the plugin's test tooling: tests and the
+demo import it (the plugin object names it lazily), the plugin's runtime never does.
+
 What it serves, as the public docs describe it (PUBLIC-FACTS.md, section A1):
 
 * ``POST /v1/operator/oauth/token``: JSON client credentials; an un-enveloped
@@ -43,7 +46,7 @@ from resilience.testing import (
 from ._classifier import TELLUS_CODES
 from ._token import TOKEN_PATH
 
-__all__ = ["TellusSimulator", "render_error", "simulator"]
+__all__ = ["TellusSimulator", "error_response", "render_error", "simulator"]
 
 _CONTROL = "/v1/operator/devices/*/connectors/*/*"
 

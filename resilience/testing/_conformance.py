@@ -23,40 +23,39 @@ The suite checks, for the plugin object registered under its entry point:
 * the preset builds (also through ``standard_pipeline``), accepts overrides, and
   survives a fault plan: every call ends in a response or a typed error.
 
-Async tests are marked for anyio's pytest plugin, so they run under each backend
-the host project's ``anyio_backend`` fixture names. pytest and hypothesis are
-imported only when the tests run: importing :mod:`resilience.testing` needs
-neither.
+Async tests ask for the ``anyio_backend`` fixture, so anyio's pytest plugin runs
+them under each backend the host project's fixture names (without a mark, whose
+decorator would need pytest at import). pytest and hypothesis are imported only
+when the tests run: importing :mod:`resilience.testing` needs neither, and the
+runtime never imports this module.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
-from typing import Any, ClassVar, NoReturn, TypeVar
+from typing import Any, ClassVar, NoReturn
 
 import httpx
 
-from ._auth import AuthRefresh, Token
-from ._classifier import available_classifiers
-from ._clock import VirtualClock
-from ._pipeline import Pipeline
-from ._plugin import CodeEntry, VendorPlugin
-from ._retry import ExponentialBackoff, Retry
-from ._simulator import FaultPlan, Outage, Slowness
-from ._transport import ResilientTransport
-from ._verdict import Action, Verdict
-from .errors import (
+from .._auth import AuthRefresh, Token
+from .._classifier import available_classifiers, load_plugin
+from .._clock import VirtualClock
+from .._pipeline import Pipeline
+from .._plugin import CodeEntry, VendorPlugin
+from .._retry import ExponentialBackoff, Retry
+from .._transport import ResilientTransport
+from .._verdict import Action, Verdict
+from ..errors import (
     AuthenticationError,
     PermanentError,
     ResilienceError,
     RetriesExhausted,
 )
+from ._faults import FaultPlan, Outage, Slowness
+from ._transports import ScriptedTransport, reply
 
 __all__ = ["PluginConformance"]
-
-F = TypeVar("F", bound=Callable[..., Any])
 
 
 class _CountingToken:
@@ -68,16 +67,6 @@ class _CountingToken:
     async def fetch(self, http: httpx.AsyncClient) -> Token:
         self.fetches += 1
         return Token(f"conformance-token-{self.fetches}")
-
-
-try:  # pytest is a test dependency: the suite is only usable under it.
-    import pytest
-
-    _anyio: Callable[[F], F] = pytest.mark.anyio
-except ImportError:  # pragma: no cover - resilience.testing without pytest
-
-    def _anyio(func: F) -> F:
-        return func
 
 
 BASE_URL = "http://vendor.test"
@@ -198,18 +187,17 @@ class PluginConformance:
 
     def test_entry_point_registered(self) -> None:
         """``pip install`` is all it takes: the entry point resolves to the plugin."""
-        from ._classifier import load_plugin
-
         if self.plugin.name not in available_classifiers():
             self._skip(f"plugin {self.plugin.name!r} is not installed (no entry point)")
         assert load_plugin(self.plugin.name) is self.plugin
 
     # ---- every code, through a real pipeline -----------------------------------------
 
-    @_anyio
-    async def test_code_gives_declared_action(self, code_case: tuple[str, int | None]) -> None:
+    async def test_code_gives_declared_action(
+        self, anyio_backend: str, code_case: tuple[str, int | None]
+    ) -> None:
         """The vendor's own answer for each code gives the table's action, end to end."""
-        from .testing import ScriptedTransport, reply
+        import pytest
 
         code, status = code_case
         entry = self.plugin.codes[code]
@@ -257,11 +245,10 @@ class PluginConformance:
                 assert self.plugin.name in str(error)
         assert inner.unclosed() == []
 
-    @_anyio
-    async def test_refresh_codes_refresh_once_then_fail(self) -> None:
+    async def test_refresh_codes_refresh_once_then_fail(self, anyio_backend: str) -> None:
         """Each REFRESH_AUTH code, under AuthRefresh: one refresh, one replay, then an
         AuthenticationError (a second rejection is permanent)."""
-        from .testing import ScriptedTransport, reply
+        import pytest
 
         codes = self.plugin.codes.codes_for(Action.REFRESH_AUTH)
         if not codes:
@@ -425,8 +412,7 @@ class PluginConformance:
 
     # ---- the token flow against the simulator ------------------------------------------
 
-    @_anyio
-    async def test_token_provider_against_simulator(self) -> None:
+    async def test_token_provider_against_simulator(self, anyio_backend: str) -> None:
         """The provider fetches a token the simulator accepts on its probe path."""
         clock = VirtualClock()
         app = self._simulator(clock)
@@ -452,9 +438,10 @@ class PluginConformance:
                 verdict = self.plugin.classifier.classify(anonymous.request, anonymous, None)
                 assert verdict.action is Action.REFRESH_AUTH, verdict
 
-    @_anyio
-    async def test_token_provider_rejects_bad_credentials(self) -> None:
+    async def test_token_provider_rejects_bad_credentials(self, anyio_backend: str) -> None:
         """Wrong credentials: an AuthenticationError that never shows the secret."""
+        import pytest
+
         clock = VirtualClock()
         app = self._simulator(clock)
         wrong = "wrong-secret-never-shown"
@@ -489,8 +476,7 @@ class PluginConformance:
             assert isinstance(via_name, Pipeline)
             assert via_name.env.vendor == plugin.name
 
-    @_anyio
-    async def test_preset_survives_fault_plan(self) -> None:
+    async def test_preset_survives_fault_plan(self, anyio_backend: str) -> None:
         """Through the preset, against a faulty simulator, every call ends cleanly:
         a response, or a typed error."""
         plugin = self.plugin

@@ -1,5 +1,8 @@
 """A simulator of the Turris Public API (a plain ASGI app).
 
+This is ``resilience_turris.testing``, the plugin's test tooling: tests and the
+demo import it (the plugin object names it lazily), the plugin's runtime never does.
+
 What it serves, from Turris's public docs and PUBLIC-FACTS.md (A2 and (c)):
 
 * ``POST /v1/auth/jwt``: ``{clientId, clientSecret}`` gives HTTP 201

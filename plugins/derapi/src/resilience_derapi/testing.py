@@ -1,5 +1,8 @@
 """A simulator of the Derapi API (a plain ASGI app) over several vendor backends.
 
+This is ``resilience_derapi.testing``, the plugin's test tooling: tests and the
+demo import it (the plugin object names it lazily), the plugin's runtime never does.
+
 What it serves, as PUBLIC-FACTS.md (sections A3 and c) describes or assumes it:
 
 * ``POST /oauth2/token``: RFC 6749 client credentials (form body; HTTP Basic or

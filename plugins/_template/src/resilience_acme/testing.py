@@ -1,5 +1,8 @@
 """A simulator of the Acme API: a plain ASGI app on the core's Simulator base.
 
+This is ``resilience_acme.testing``, the plugin's test tooling: tests and the
+demo import it (the plugin object names it lazily), the plugin's runtime never does.
+
 TODO(vendor): the token endpoint, two or three real resources, and the dialect:
 ``render_error`` (the exact error body of each code), ``render_rate_limited``
 (what the vendor sends over a limit) and ``reject_token``. The base class applies
