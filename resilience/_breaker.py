@@ -3,11 +3,13 @@
 It sits below Retry (so every attempt is counted, and an open breaker is final for
 the call) and above AuthRefresh. Each request maps to a key (by default
 ``scheme://host:port``); a :class:`CircuitRegistry` holds one :class:`Circuit` per
-key, creates it on first use and forgets it once it is closed and idle. A circuit
-is closed (calls pass, outcomes are counted in a sliding window), open (calls fail
-fast with :class:`~resilience.errors.CircuitOpenError`, nothing is sent), half-open
-(a few probes pass; they close it or reopen it for a longer break) or isolated
-(held open by hand until :meth:`Circuit.reset`).
+key, creates it on first use and forgets it once it is closed and idle (or open,
+its break over and quiet since). A circuit is closed (calls pass, outcomes are
+counted in a sliding window and, if asked, as a run of consecutive failures), open
+(calls fail fast with :class:`~resilience.errors.CircuitOpenError`, nothing is
+sent, and the call still passes a checkpoint), half-open (a few probes pass; they
+close it or reopen it for a longer break) or isolated (held open by hand until
+:meth:`Circuit.reset`).
 
 What counts comes from the verdict: ``breaker_failure`` (RETRY by default) is a
 failure, ACCEPT and SPLIT are successes, anything else counts neither way. The
@@ -21,6 +23,7 @@ each time a circuit is created.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import enum
 import logging
@@ -30,8 +33,10 @@ from math import ceil as _ceil
 from math import inf as _INF
 from typing import Any
 
+import anyio.lowlevel
 import attrs
 import httpx
+from sniffio import current_async_library
 
 from . import _validate as v
 from ._events import CircuitStateChanged
@@ -48,6 +53,10 @@ logger = logging.getLogger("resilience")
 BUCKETS = 10
 #: Circuits the registry examines for forgetting each time it creates one.
 SWEEP_STEP = 2
+#: The longest count window: its ring costs one byte per call, per circuit.
+MAX_WINDOW_CALLS = 10_000
+#: The shortest time window (seconds): its buckets are a tenth of it.
+MIN_WINDOW = 0.01
 
 # A tally packs (calls, failures, slow calls) into one int, 32 bits each: a bucket
 # then costs one list slot (and nothing more while its counts stay small, since
@@ -170,6 +179,21 @@ KeyFunction = Callable[[httpx.Request], str | None]
 """Maps a request to its breaker key; ``None`` lets the request bypass the breaker."""
 
 
+async def _checkpoint() -> None:
+    """Yield to the scheduler and take any pending cancellation, as cheaply as the
+    running loop allows: a rejected call must not monopolise the loop (a task that
+    retries on CircuitOpenError would starve the probe that closes the circuit)."""
+    if current_async_library() == "asyncio":
+        # What anyio's checkpoint does under asyncio, without its dispatch.
+        await asyncio.sleep(0)
+    else:
+        await anyio.lowlevel.checkpoint()
+
+
+def _function_name(function: object) -> str:
+    return str(getattr(function, "__qualname__", None) or type(function).__name__)
+
+
 def _max_break_after(instance: CircuitBreaker, attribute: Any, value: float | None) -> None:
     if value is not None and value < instance.break_duration:
         raise ConfigurationError(
@@ -195,7 +219,8 @@ class CircuitBreaker:
     :attr:`window_calls` calls. Once the window holds at least
     :attr:`minimum_calls` calls and the share of failures reaches
     :attr:`failure_ratio` (or the share of slow calls reaches
-    :attr:`slow_call_ratio`), the circuit opens: calls fail with
+    :attr:`slow_call_ratio`), or when :attr:`consecutive_failures` calls in a row
+    failed, the circuit opens: calls fail with
     :class:`~resilience.errors.CircuitOpenError` without touching the network.
     After :attr:`break_duration` it half-opens: :attr:`half_open_calls` probes
     pass; if they all succeed it closes, if one fails (or is slow) it opens again
@@ -213,14 +238,18 @@ class CircuitBreaker:
     """Share of failures in the window that opens the circuit (0: any failure)."""
     minimum_calls: int = attrs.field(default=20, validator=v.number(minimum=1, integer=True))
     """Calls the window must hold before the circuit may open."""
-    window: float = attrs.field(default=30.0, validator=v.number(minimum=0, exclusive_minimum=True))
-    """Seconds of history the window holds (kept as a ring of ten buckets). With
-    :attr:`window_calls`, a pause longer than this empties the window."""
+    window: float = attrs.field(default=30.0, validator=v.number(minimum=MIN_WINDOW))
+    """Seconds of history the window holds (kept as a ring of ten buckets; at least
+    0.01). With :attr:`window_calls`, a pause longer than this empties the window."""
     window_calls: int | None = attrs.field(
         default=None,
-        validator=[v.number(minimum=1, integer=True, optional=True), _window_calls_fit],
+        validator=[
+            v.number(minimum=1, maximum=MAX_WINDOW_CALLS, integer=True, optional=True),
+            _window_calls_fit,
+        ],
     )
-    """When set, the window is the last this many calls instead of a time span."""
+    """When set, the window is the last this many calls instead of a time span (at
+    most 10,000: the window costs a byte per call in each circuit that uses it)."""
     break_duration: float = attrs.field(
         default=30.0, validator=v.number(minimum=0, exclusive_minimum=True)
     )
@@ -231,6 +260,13 @@ class CircuitBreaker:
     )
     """Longest break after consecutive reopenings (default: ten times
     :attr:`break_duration`; equal to it for a constant break)."""
+    consecutive_failures: int | None = attrs.field(
+        default=None, validator=v.number(minimum=1, integer=True, optional=True)
+    )
+    """When set, this many failures in a row also open the circuit, whatever the
+    window holds and before :attr:`minimum_calls` (a total outage trips at once
+    instead of waiting for earlier successes to leave the window). A success ends
+    the run, as does a pause longer than :attr:`window`. Default: off."""
     half_open_calls: int = attrs.field(default=1, validator=v.number(minimum=1, integer=True))
     """Probes let through at once when half-open; all must succeed to close."""
     slow_call_duration: float | None = attrs.field(
@@ -250,11 +286,21 @@ class CircuitBreaker:
 
     def break_for(self, reopenings: int) -> float:
         """Seconds of break after ``reopenings`` consecutive reopenings (0: first opening)."""
-        longest = self.max_break_duration
-        if longest is None:
-            longest = 10 * self.break_duration
         # 2**64 already exceeds any sane cap; past it the power would overflow.
-        return min(self.break_duration * 2.0 ** min(max(reopenings, 0), 64), longest)
+        return min(self.break_duration * 2.0 ** min(max(reopenings, 0), 64), self.longest_break)
+
+    @property
+    def longest_break(self) -> float:
+        """The longest break: :attr:`max_break_duration`, by default ten breaks."""
+        longest = self.max_break_duration
+        return 10 * self.break_duration if longest is None else longest
+
+    @property
+    def quiet_period(self) -> float:
+        """Seconds after its break ends that an open circuit nobody asked for is
+        kept: the longer of :attr:`window` and :attr:`longest_break`. It is then
+        forgotten like an idle closed one."""
+        return max(self.window, self.longest_break)
 
     def bind(self, env: PipelineEnv) -> _BreakerHandler:
         """Create this layer's registry in ``env`` and return its handler."""
@@ -285,6 +331,8 @@ class Circuit:
         "_passed",
         "_probes",
         "_registry",
+        "_run",
+        "_run_at",
         "_state",
         "_total",
         "_until",
@@ -308,6 +356,10 @@ class Circuit:
     """Half-open probes in flight."""
     _passed: int
     """Half-open probes that succeeded."""
+    _run: int
+    """Closed: failures in a row (with ``consecutive_failures``)."""
+    _run_at: float
+    """Clock time of the run's latest failure."""
 
     def __init__(self, key: str, registry: CircuitRegistry, now: float) -> None:
         self._key = key
@@ -319,6 +371,8 @@ class Circuit:
         self._breaks = 0
         self._probes = 0
         self._passed = 0
+        self._run = 0
+        self._run_at = 0.0
 
     # -- the window (per kind of window) --
 
@@ -360,6 +414,15 @@ class Circuit:
         return self._ratio(2)
 
     @property
+    def consecutive_failures(self) -> int:
+        """Failures in a row while closed (0 when the last counted call succeeded,
+        or when nothing was counted for longer than the window)."""
+        live = self._live()
+        if live._state is not _CLOSED:
+            return 0
+        return live._current_run(live._registry._clock.now())
+
+    @property
     def calls(self) -> int:
         """Counted calls in the window."""
         live = self._live()
@@ -390,6 +453,7 @@ class Circuit:
         live = self._live()
         live._clear()
         live._breaks = 0
+        live._run = 0
         if live._state is not _CLOSED:
             live._move(_CLOSED, None)
 
@@ -407,6 +471,12 @@ class Circuit:
             registry._adopt(self)
             return self
         return live
+
+    def _current_run(self, now: float) -> int:
+        """The run of failures, unless a pause longer than the window ended it."""
+        if self._run and now - self._run_at > self._registry._window:
+            return 0
+        return self._run
 
     def _ratio(self, field: int) -> float:
         live = self._live()
@@ -448,6 +518,17 @@ class Circuit:
         if state is _CLOSED:
             if code:
                 self._count(code, call)
+                registry = self._registry
+                if registry._consecutive:
+                    if not code & _FAILED:
+                        self._run = 0
+                    elif self._state is _CLOSED:  # the window did not open it
+                        now = registry._clock.now()
+                        run = self._current_run(now) + 1
+                        self._run = run
+                        self._run_at = now
+                        if run >= registry._consecutive:
+                            self._trip(now, 0, call)
         elif state is _HALF_OPEN and self._probes > 0:
             self._probes -= 1
             if not code:
@@ -485,7 +566,27 @@ class Circuit:
         self._gen += 1
         self._probes = 0
         self._passed = 0
+        self._run = 0
         self._registry._changed(self._key, old, new, call)
+
+    def _idle_at(self, now: float) -> bool:
+        """Whether the registry may forget this circuit: a new one would act the same
+        (closed, nothing in its window or run), or it opened and nobody has asked for
+        it for a quiet period since its break ended."""
+        state = self._state
+        if state is _CLOSED:
+            return self._empty_at(now) and not self._current_run(now)
+        if state is _ISOLATED or self._probes:
+            return False
+        return now - self._until >= self._registry._quiet
+
+    def _forget(self) -> None:
+        """Reset an opened circuit the registry lets go, so a handle kept on it reads
+        closed, and say so (gauges of open circuits go back down)."""
+        self._clear()
+        self._breaks = 0
+        if self._state is not _CLOSED:
+            self._move(_CLOSED, None)
 
 
 class _TimeCircuit(Circuit):
@@ -614,7 +715,9 @@ class CircuitRegistry:
     ``pipeline.env.shared["breaker_registry"]``, where the
     PartialFailureSplitter records per-part outcomes. A circuit is created on
     first use and forgotten once it is closed and its window is empty (nothing
-    counted for a whole window), so memory follows the keys in recent use. Each
+    counted for a whole window), or once it opened, its break is over and nobody
+    asked for it for :attr:`CircuitBreaker.quiet_period` (it then reports a
+    change to closed), so memory follows the keys in recent use. Each
     creation examines the two least recently examined circuits, so forgetting
     costs O(1) per new key.
 
@@ -627,6 +730,7 @@ class CircuitRegistry:
         "_circuits",
         "_clock",
         "_config",
+        "_consecutive",
         "_env",
         "_factory",
         "_failure_ratio",
@@ -634,6 +738,7 @@ class CircuitRegistry:
         "_minimum_calls",
         "_order",
         "_origin",
+        "_quiet",
         "_slow_call_duration",
         "_slow_call_ratio",
         "_width",
@@ -652,6 +757,8 @@ class CircuitRegistry:
         self._failure_ratio = config.failure_ratio
         self._minimum_calls = config.minimum_calls
         self._half_open_calls = config.half_open_calls
+        self._consecutive = config.consecutive_failures or 0
+        self._quiet = config.quiet_period
         self._slow_call_duration = config.slow_call_duration
         self._slow_call_ratio = config.slow_call_ratio
         self._window = config.window
@@ -729,7 +836,10 @@ class CircuitRegistry:
         ``Retry`` layer above uses it not to sleep a backoff only to be rejected.
         Infinite when the circuit is isolated.
         """
-        key = self._config.key(request)
+        try:
+            key = self._config.key(request)
+        except Exception:
+            return 0.0  # the layer itself reports a failing key function
         circuit = None if key is None else self._circuits.get(key)
         if circuit is None:
             return 0.0
@@ -794,8 +904,10 @@ class CircuitRegistry:
             circuit = circuits.get(key)
             if circuit is None:
                 continue
-            if circuit._state is _CLOSED and circuit._empty_at(now):
+            if circuit._idle_at(now):
                 del circuits[key]
+                if circuit._state is not _CLOSED:
+                    circuit._forget()
             else:
                 order.append(key)
 
@@ -862,7 +974,7 @@ _open_error = _choose_open_error()
 class _BreakerHandler:
     """The bound layer: admits, rejects and settles each call."""
 
-    __slots__ = ("_circuits", "_clock", "_key", "_registry", "_timed", "_verdict")
+    __slots__ = ("_circuits", "_clock", "_key", "_key_verdict", "_registry", "_timed", "_verdict")
 
     def __init__(self, config: CircuitBreaker, env: PipelineEnv, registry: CircuitRegistry) -> None:
         self._registry = registry
@@ -876,6 +988,13 @@ class _BreakerHandler:
             problem=Problem(vendor=env.vendor, code="circuit_open", title="circuit breaker open"),
             breaker_failure=False,
         )
+        self._key_verdict = Verdict(
+            Action.FAIL,
+            problem=Problem(
+                vendor=env.vendor, code="breaker_key_error", title="circuit breaker key failed"
+            ),
+            breaker_failure=False,
+        )
 
     @property
     def registry(self) -> CircuitRegistry:
@@ -883,7 +1002,11 @@ class _BreakerHandler:
         return self._registry
 
     async def __call__(self, request: httpx.Request, call: Call, call_next: CallNext) -> Outcome:
-        key = self._key(request)
+        try:
+            key = self._key(request)
+        except Exception as exc:
+            await _checkpoint()
+            return self._key_failed(request, exc)
         if key is None:
             return await call_next(request, call)
         circuit = self._circuits.get(key)
@@ -892,6 +1015,7 @@ class _BreakerHandler:
         if circuit._state is not _CLOSED:
             wait = circuit._admit(self._clock.now(), call)
             if wait is not None:
+                await _checkpoint()
                 return self._reject(request, call, key, wait)
         gen = circuit._gen
         start = self._clock.now() if self._timed else 0.0
@@ -923,6 +1047,17 @@ class _BreakerHandler:
             live = self._registry.get(key)
             if live._state is _CLOSED:
                 live._complete(None, code, call)
+
+    def _key_failed(self, request: httpx.Request, exc: Exception) -> Outcome:
+        # The exception's own text is left to the chained cause: a key function may
+        # read headers, and the message of a typed error is logged and traced.
+        error = ConfigurationError(
+            f"CircuitBreaker: the key function {_function_name(self._key)} raised "
+            f"{type(exc).__name__}"
+        )
+        error.__cause__ = exc
+        error._request = request
+        return Outcome(request, self._key_verdict, error=error)
 
     def _reject(self, request: httpx.Request, call: Call, key: str, wait: float) -> Outcome:
         # The error is returned, never raised here: no traceback is built until the

@@ -15,20 +15,29 @@ from typing import Any
 import attrs
 
 from . import _validate as v
-from ._auth import AuthRefresh, TokenProvider
+from ._auth import AuthRefresh
 from ._breaker import CircuitBreaker
 from ._classifier import Classifier, load_plugin
 from ._clock import Clock
 from ._pipeline import Pipeline
 from ._retry import Backoff, ExponentialBackoff, Retry, RetryBudget
 from ._timeout import Timeout
+from ._tokens import TokenProvider
 from .errors import ConfigurationError
 
 __all__ = ["PresetSettings", "standard_pipeline"]
 
 #: Overrides passed straight to :class:`Pipeline`.
 PIPELINE_KEYWORDS = frozenset(
-    {"raise_on_failure", "hooks", "telemetry", "tracer_provider", "meter_provider"}
+    {
+        "raise_on_failure",
+        "hooks",
+        "telemetry",
+        "tracer_provider",
+        "meter_provider",
+        "max_body_bytes",
+        "max_error_body_bytes",
+    }
 )
 
 
@@ -158,10 +167,31 @@ HTTP_PRESET = PresetSettings(
     attempt_timeout=10.0,
     max_attempts=3,
     backoff=ExponentialBackoff(initial=1.0, multiplier=2.0, max_delay=30.0, jitter="full"),
-    breaker=CircuitBreaker(failure_ratio=0.5, minimum_calls=20, window=30.0, break_duration=30.0),
+    # The breaker every preset uses (each with its own window):
+    # * a 50% failure ratio is judged only once 20 calls were seen, so one caller's
+    #   retries cannot trip it on a healthy backend;
+    # * 10 failures in a row open it at once, so a total outage does not wait for
+    #   a window of earlier successes to drain. Ten is more than any preset's
+    #   attempts (one call's retries alone never trip it), and a backend failing
+    #   20% of calls at random starts such a run with probability 0.8 * 0.2**10
+    #   (about 1e-7) per call: one false trip in some 12 million calls (17 hours
+    #   at 200 calls/s), which then costs a second of break;
+    # * the first break is 1 s, so a short outage costs about a second once the
+    #   server is back; each failed probe doubles it up to 30 s, so a long outage
+    #   gets one probe every 30 s.
+    breaker=CircuitBreaker(
+        failure_ratio=0.5,
+        minimum_calls=20,
+        window=30.0,
+        consecutive_failures=10,
+        break_duration=1.0,
+        max_break_duration=30.0,
+    ),
 )
-"""The generic recommendation: 3 attempts with full-jitter backoff, a breaker that
-needs 20 calls before it judges, 60 s per call and 10 s per attempt."""
+"""The generic recommendation: 3 attempts with full-jitter backoff, 120 s per call
+and 10 s per attempt, and a breaker that judges a 50% failure ratio over 30 s once
+20 calls were seen, opens at once on 10 failures in a row, and breaks for 1 s at
+first, doubling on each failed probe up to 30 s."""
 
 
 def http_preset(

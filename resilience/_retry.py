@@ -131,6 +131,11 @@ class RetryBudget:
     tokens, so a fresh pipeline (or a lone call) is never starved. When the bucket
     is empty, the Retry layer returns the last outcome instead of retrying: during
     an outage the attempts per call tend to ``1 + ratio``.
+
+    The bucket holds the larger of ``capacity`` and ``ratio`` times the calls in
+    flight, so a burst of N concurrent calls that all fail can retry about
+    ``ratio * N`` times, while a long healthy stream banks no more than
+    ``capacity`` (nor the share of what is in flight).
     """
 
     ratio: float = attrs.field(default=0.2, validator=v.number(minimum=0, maximum=1))
@@ -140,12 +145,19 @@ class RetryBudget:
     initial: float = attrs.field(default=10.0, validator=v.number(minimum=0))
     """Tokens in a fresh bucket."""
     capacity: float | None = attrs.field(default=None, validator=v.number(minimum=1, optional=True))
-    """Most tokens the bucket holds (default: ``max(initial, 10)``)."""
+    """Tokens the bucket holds whatever the traffic (default: ``max(initial, 10)``);
+    with more calls in flight it holds up to ``ratio`` times their number."""
+
+    def __attrs_post_init__(self) -> None:
+        if self.capacity is not None and self.initial > self.capacity:
+            raise ConfigurationError(
+                f"RetryBudget: initial ({self.initial!r}) must be <= capacity ({self.capacity!r})"
+            )
 
     def build(self, now: float) -> TokenBucket:
         """A fresh bucket for one pipeline."""
         capacity = self.capacity if self.capacity is not None else max(self.initial, 10.0)
-        return TokenBucket(self, capacity=capacity, tokens=min(self.initial, capacity), last=now)
+        return TokenBucket(self, capacity=capacity, tokens=self.initial, last=now)
 
 
 @attrs.define(eq=False, slots=True)
@@ -154,19 +166,39 @@ class TokenBucket:
 
     config: RetryBudget
     capacity: float
+    """Tokens held whatever the traffic (the floor of the bucket's size)."""
     tokens: float
     last: float
+    in_flight: int = 0
+    """Logical calls between :meth:`deposit` and :meth:`finish`."""
+
+    def size(self) -> float:
+        """Most tokens the bucket holds now: ``capacity``, or ``ratio`` per call in
+        flight when that is more."""
+        share = self.config.ratio * self.in_flight
+        return share if share > self.capacity else self.capacity
 
     def deposit(self) -> None:
-        """One logical call started: it earns ``ratio`` of a retry."""
-        self.tokens = min(self.capacity, self.tokens + self.config.ratio)
+        """One logical call started: it earns ``ratio`` of a retry (call
+        :meth:`finish` when it ends)."""
+        self.in_flight += 1
+        tokens = self.tokens + self.config.ratio
+        size = self.size()
+        # Tokens a burst earned beyond the size are cut here, once it has ended.
+        self.tokens = tokens if tokens < size else size
+
+    def finish(self) -> None:
+        """A logical call that :meth:`deposit` counted has ended."""
+        self.in_flight -= 1
 
     def try_withdraw(self, now: float) -> bool:
         """Take one retry's worth; ``False`` when the budget is spent."""
         elapsed = now - self.last
         self.last = now
         if elapsed > 0 and self.config.min_per_second:
-            self.tokens = min(self.capacity, self.tokens + elapsed * self.config.min_per_second)
+            size = self.size()
+            if self.tokens < size:
+                self.tokens = min(size, self.tokens + elapsed * self.config.min_per_second)
         if self.tokens >= 1.0:
             self.tokens -= 1.0
             return True
@@ -269,94 +301,101 @@ class _RetryHandler:
         config = self.config
         clock = self.env.clock
         bucket = self.bucket
-        if bucket is not None and call.report.attempts == 0:
-            # Once per logical call: a splitter's re-requests pass here again.
-            bucket.deposit()
-        attempt = 1
-        previous: float | None = None
-        while True:
-            outcome = await call_next(request, call)
-            verdict = outcome.verdict
-            if verdict.action is Action.RETRY:
-                hint = verdict.retry_after
-            elif (
-                config.wait_for_half_open
-                and isinstance(outcome.error, CircuitOpenError)
-                # An isolated breaker (retry_after infinite) never half-opens.
-                and math.isfinite(outcome.error.retry_after)
-            ):
-                hint = outcome.error.retry_after
-            else:
-                return outcome
-            gave_up = None
-            if attempt >= config.max_attempts:
-                gave_up = "max_attempts"
-            else:
-                gave_up = config.is_replayable(request)
-            delay = 0.0
-            if gave_up is None:
-                delay = config.backoff.delay(attempt - 1, previous)
-                if hint is not None and hint > delay:
-                    delay = hint
-                # "not >= 0" also catches a custom Backoff's NaN, which max() keeps.
-                delay = min(delay if delay >= 0.0 else 0.0, self.cap)
-                blocked = self._blocked(request)
-                if blocked > delay:
-                    # The next attempt would meet an open breaker: wait for it to
-                    # half-open when asked to (and it will), else stop now rather
-                    # than sleep only to be rejected.
-                    late = call.deadline is not None and clock.now() + blocked > call.deadline
-                    if not config.wait_for_half_open or math.isinf(blocked) or late:
+        # Once per logical call: a splitter's re-requests pass here again.
+        counted = bucket if call.report.attempts == 0 else None
+        if counted is not None:
+            counted.deposit()
+        try:
+            attempt = 1
+            previous: float | None = None
+            while True:
+                outcome = await call_next(request, call)
+                verdict = outcome.verdict
+                if verdict.action is Action.RETRY:
+                    hint = verdict.retry_after
+                elif (
+                    config.wait_for_half_open
+                    and isinstance(outcome.error, CircuitOpenError)
+                    # An isolated breaker (retry_after infinite) never half-opens.
+                    and math.isfinite(outcome.error.retry_after)
+                ):
+                    hint = outcome.error.retry_after
+                else:
+                    return outcome
+                gave_up = None
+                if attempt >= config.max_attempts:
+                    gave_up = "max_attempts"
+                else:
+                    gave_up = config.is_replayable(request)
+                delay = 0.0
+                if gave_up is None:
+                    delay = config.backoff.delay(attempt - 1, previous)
+                    if hint is not None and hint > delay:
+                        delay = hint
+                    # "not >= 0" also catches a custom Backoff's NaN, which max() keeps.
+                    delay = min(delay if delay >= 0.0 else 0.0, self.cap)
+                    blocked = self._blocked(request)
+                    if blocked > delay:
+                        # The next attempt would meet an open breaker: wait for it to
+                        # half-open when asked to (and it will), else stop now rather
+                        # than sleep only to be rejected.
+                        late = call.deadline is not None and clock.now() + blocked > call.deadline
+                        if not config.wait_for_half_open or math.isinf(blocked) or late:
+                            gave_up = "circuit_open"
+                        else:
+                            delay = blocked
+                if gave_up is None:
+                    if call.deadline is not None and clock.now() + delay > call.deadline:
+                        gave_up = "deadline"
+                    elif bucket is not None and not bucket.try_withdraw(clock.now()):
+                        gave_up = "budget"
+                if gave_up is not None:
+                    if isinstance(outcome.error, CircuitOpenError):
                         gave_up = "circuit_open"
-                    else:
-                        delay = blocked
-            if gave_up is None:
-                if call.deadline is not None and clock.now() + delay > call.deadline:
-                    gave_up = "deadline"
-                elif bucket is not None and not bucket.try_withdraw(clock.now()):
-                    gave_up = "budget"
-            if gave_up is not None:
-                if isinstance(outcome.error, CircuitOpenError):
-                    gave_up = "circuit_open"
-                call.report.gave_up = gave_up
-                return outcome
-            # Retrying after all: what gave up below (a Timeout(total=...) inside
-            # this layer) no longer describes the call.
-            call.report.gave_up = None
-            await outcome.aclose()
-            call.report.delays.append(delay)
-            self.env.emit(
-                RetryScheduled(
-                    method=request.method,
-                    host=request.url.host,
-                    attempt=attempt,
-                    delay=delay,
-                    verdict=verdict,
-                ),
-                call,
-            )
-            if logger.isEnabledFor(logging.DEBUG):
-                problem = verdict.problem
-                logger.debug(
-                    "resilience retry: %s %s attempt %d failed (%s), retrying in %.3fs%s",
-                    request.method,
-                    request.url.host,
-                    attempt,
-                    verdict.reason,
-                    delay,
-                    f" request_id={problem.request_id}" if problem and problem.request_id else "",
+                    call.report.gave_up = gave_up
+                    return outcome
+                # Retrying after all: what gave up below (a Timeout(total=...) inside
+                # this layer) no longer describes the call.
+                call.report.gave_up = None
+                await outcome.aclose()
+                call.report.delays.append(delay)
+                self.env.emit(
+                    RetryScheduled(
+                        method=request.method,
+                        host=request.url.host,
+                        attempt=attempt,
+                        delay=delay,
+                        verdict=verdict,
+                    ),
+                    call,
                 )
-            await clock.sleep(delay)
-            if config.wait_for_half_open and self.breakers:
-                # A timer may fire a little early (asyncio's clock resolution is
-                # 15.6 ms on Windows): finish the wait for the half-open rather than
-                # spend an attempt on a breaker that is still open.
-                rest = self._blocked(request)
-                while 0.0 < rest <= _EARLY_WAKE:
-                    await clock.sleep(rest)
+                if logger.isEnabledFor(logging.DEBUG):
+                    problem = verdict.problem
+                    logger.debug(
+                        "resilience retry: %s %s attempt %d failed (%s), retrying in %.3fs%s",
+                        request.method,
+                        request.url.host,
+                        attempt,
+                        verdict.reason,
+                        delay,
+                        f" request_id={problem.request_id}"
+                        if problem and problem.request_id
+                        else "",
+                    )
+                await clock.sleep(delay)
+                if config.wait_for_half_open and self.breakers:
+                    # A timer may fire a little early (asyncio's clock resolution is
+                    # 15.6 ms on Windows): finish the wait for the half-open rather than
+                    # spend an attempt on a breaker that is still open.
                     rest = self._blocked(request)
-            previous = delay
-            attempt += 1
+                    while 0.0 < rest <= _EARLY_WAKE:
+                        await clock.sleep(rest)
+                        rest = self._blocked(request)
+                previous = delay
+                attempt += 1
+        finally:
+            if counted is not None:
+                counted.finish()
 
     def _blocked(self, request: httpx.Request) -> float:
         """Seconds until every breaker below would let ``request`` through."""

@@ -2,8 +2,9 @@
 
 Random sequences of successes, failures, neutral and slow outcomes, waits (up to
 hours), calls left in flight, cancellations, isolate/reset and churn of other keys
-(so that idle circuits get forgotten and recreated) must leave the breaker in the
-model's state with the model's window, break and events. One machine drives the
+(so that idle circuits get forgotten and recreated, opened ones once their break
+and quiet period are over) must leave the breaker in the model's state with the
+model's window, run of consecutive failures, break and events. One machine drives the
 registry's key API (synchronous); another drives the layer through a pipeline,
 each step run under asyncio or trio.
 """
@@ -57,6 +58,8 @@ class Model:
         self.reopenings = 0
         self.probes = 0
         self.passed = 0
+        self.run = 0
+        self.run_at = 0.0
         self.changes: list[tuple[str, str]] = []
 
     def codes(self, now: float) -> list[int]:
@@ -77,10 +80,36 @@ class Model:
         slow = sum(1 for c in codes if c & SLOW_BIT)
         return len(codes), failures / len(codes), slow / len(codes)
 
+    def current_run(self, now: float) -> int:
+        """Failures in a row, unless a pause longer than the window ended the run."""
+        if self.state != "closed" or (self.run and now - self.run_at > self.config.window):
+            return 0
+        return self.run
+
     def move(self, new: str) -> None:
         self.changes.append((self.state, new))
         self.state = new
-        self.probes = self.passed = 0
+        self.probes = self.passed = self.run = 0
+
+    def longest_break(self) -> float:
+        cap = self.config.max_break_duration
+        return 10 * self.config.break_duration if cap is None else cap
+
+    def forgettable(self, now: float) -> bool:
+        """Whether the registry may drop the circuit at ``now``."""
+        if self.state == "closed":
+            return not self.codes(now) and not self.current_run(now)
+        if self.state == "isolated" or self.probes:
+            return False
+        quiet = max(self.config.window, self.longest_break())
+        return now - self.until >= quiet
+
+    def forget(self) -> None:
+        """Dropped by the registry: what a new circuit is (an opened one says so)."""
+        self.history.clear()
+        self.reopenings = 0
+        if self.state != "closed":
+            self.move("closed")
 
     def blocked(self, now: float) -> bool:
         """Whether the break lasts at ``now``: a break within a microsecond of its
@@ -93,11 +122,8 @@ class Model:
 
     def open(self, now: float, reopenings: int) -> None:
         config = self.config
-        cap = config.max_break_duration
-        if cap is None:
-            cap = 10 * config.break_duration
         self.reopenings = reopenings
-        self.until = now + min(config.break_duration * 2**reopenings, cap)
+        self.until = now + min(config.break_duration * 2**reopenings, self.longest_break())
         self.move("open")
 
     def allow(self, now: float) -> float | None:
@@ -132,6 +158,14 @@ class Model:
                 or (slow_ratio > 0 and slow_ratio >= config.slow_call_ratio)
             ):
                 self.open(now, 0)
+            elif config.consecutive_failures is not None:
+                if code & FAILED_BIT:
+                    self.run = self.current_run(now) + 1
+                    self.run_at = now
+                    if self.run >= config.consecutive_failures:
+                        self.open(now, 0)
+                else:
+                    self.run = 0
         elif self.state == "half_open" and self.probes > 0:
             self.probes -= 1
             if not code:
@@ -152,6 +186,7 @@ class Model:
     def reset(self) -> None:
         self.history.clear()
         self.reopenings = 0
+        self.run = 0
         if self.state != "closed":
             self.move("closed")
 
@@ -172,6 +207,7 @@ def configs(draw: st.DrawFn) -> CircuitBreaker:
         window_calls=draw(st.none() | st.integers(minimum, 8)),
         break_duration=brk,
         max_break_duration=draw(st.sampled_from([None, brk, 3 * brk])),
+        consecutive_failures=draw(st.none() | st.integers(1, 4)),
         half_open_calls=draw(st.integers(1, 3)),
         slow_call_duration=draw(st.sampled_from([None, 1.0])),
         slow_call_ratio=draw(st.sampled_from([0.5, 1.0])),
@@ -275,10 +311,18 @@ class RegistryMachine(RuleBasedStateMachine):
 
     @rule()
     def churn(self) -> None:
-        """Other keys come and go, so the registry sweeps (and may forget a or b)."""
+        """Other keys come and go, so the registry sweeps (and may forget a or b,
+        but only when the model says it may)."""
+        held = {key for key in self.models if key in self.registry}
         for _ in range(3):
             self.fresh += 1
             self.registry.get(f"other{self.fresh}")
+        now = self.clock.now()
+        for key in held:
+            if key not in self.registry:
+                model = self.models[key]
+                assert model.forgettable(now)
+                model.forget()
 
     @invariant()
     def agrees_with_the_model(self) -> None:
@@ -291,6 +335,7 @@ class RegistryMachine(RuleBasedStateMachine):
             assert circuit.calls == calls
             assert circuit.failure_ratio == failure_ratio
             assert circuit.slow_call_ratio == slow_ratio
+            assert circuit.consecutive_failures == model.current_run(now)
             assert circuit.retry_after == model.retry_after(now)
             assert transitions(self.events, key) == model.changes
 
@@ -412,6 +457,7 @@ class LayerMachine(RuleBasedStateMachine):
         calls, failure_ratio, _ = self.model.ratios(now)
         assert circuit.calls == calls
         assert circuit.failure_ratio == failure_ratio
+        assert circuit.consecutive_failures == self.model.current_run(now)
         assert transitions(self.events, "https://a.test:443") == self.model.changes
 
 

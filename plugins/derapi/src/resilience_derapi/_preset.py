@@ -12,11 +12,16 @@ Layers, outermost first:
   it) honoured up to 60 s; Derapi Internal Error is retried at most twice, and
   only for idempotent requests (the classifier's rule);
 * ``CircuitBreaker``: opens at 50% failures over 30 s once 20 calls were seen, so
-  one caller's retries cannot trip it; it also keys per-backend circuits
-  (``derapi:solis``) for the splitter;
+  one caller's retries cannot trip it, or at once on 10 failures in a row (a
+  total outage); it breaks for 1 s at first, doubling on each failed probe up to
+  30 s; it also keys per-backend circuits (``derapi:solis``) for the splitter;
 * ``AuthRefresh(auth)`` when a token provider is given (see
   :func:`~resilience_derapi.token_provider`);
 * ``Timeout(attempt=10)``.
+
+List pages are read whole to find failed backends, up to the pipeline's
+``max_body_bytes`` (16 MiB; ``preset(max_body_bytes=...)`` changes it); a larger page
+is a ``PermanentError`` with code ``body_too_large``, never a silent success.
 """
 
 from __future__ import annotations
@@ -45,7 +50,14 @@ DERAPI_PRESET = PresetSettings(
     max_attempts=4,
     backoff=ExponentialBackoff(initial=1.0, multiplier=2.0, max_delay=30.0, jitter="full"),
     retry_max_delay=60.0,
-    breaker=CircuitBreaker(failure_ratio=0.5, minimum_calls=20, window=30.0, break_duration=30.0),
+    breaker=CircuitBreaker(
+        failure_ratio=0.5,
+        minimum_calls=20,
+        window=30.0,
+        consecutive_failures=10,
+        break_duration=1.0,
+        max_break_duration=30.0,
+    ),
     splitter=PartialFailureSplitter(max_rounds=3),
 )
 """The settings behind :func:`preset`; ``standard_pipeline`` overrides apply on top."""

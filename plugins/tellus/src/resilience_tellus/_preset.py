@@ -6,8 +6,11 @@
   windows are a minute long);
 * refresh the token when less than 60 s is left (the authentication guide's
   sample), and once on 2001/2002; a second rejection is an AuthenticationError;
-* a circuit breaker that needs 20 calls before it judges, so one caller's
-  retries cannot trip it;
+* a circuit breaker that judges a 50% failure ratio over 60 s once 20 calls
+  were seen (so one caller's retries cannot trip it), opens at once on 10
+  failures in a row (a total outage), and breaks for 1 s at first, doubling on
+  each failed probe up to 30 s (a short outage costs about a second once the
+  server is back; a long one gets a probe every 30 s);
 * 15 s per attempt, 120 s per call (room for one full rate-limit window).
 """
 
@@ -36,7 +39,14 @@ TELLUS_PRESET = PresetSettings(
         initial=1.0, multiplier=2.0, max_delay=30.0, jitter="proportional", jitter_ratio=0.3
     ),
     retry_max_delay=60.0,
-    breaker=CircuitBreaker(failure_ratio=0.5, minimum_calls=20, window=60.0, break_duration=30.0),
+    breaker=CircuitBreaker(
+        failure_ratio=0.5,
+        minimum_calls=20,
+        window=60.0,
+        consecutive_failures=10,
+        break_duration=1.0,
+        max_break_duration=30.0,
+    ),
     auth_skew=60.0,
 )
 """The settings behind :func:`preset`; ``standard_pipeline`` overrides apply on top."""

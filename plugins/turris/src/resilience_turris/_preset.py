@@ -8,7 +8,9 @@
   ``X-Idempotency-Key``) header, which Turris accepts;
 * tokens (60 minutes) are renewed 5 minutes before expiry, and once on
   ``unauthorized``; a second rejection is an AuthenticationError;
-* a circuit breaker that needs 20 calls before it judges;
+* a circuit breaker that judges a 50% failure ratio over 60 s once 20 calls
+  were seen, opens at once on 10 failures in a row (a total outage), and breaks
+  for 1 s at first, doubling on each failed probe up to 30 s;
 * 10 s per attempt, 120 s per call (room for one full rate-limit window).
 """
 
@@ -36,7 +38,14 @@ TURRIS_PRESET = PresetSettings(
     backoff=ExponentialBackoff(initial=1.0, multiplier=2.0, max_delay=30.0, jitter="full"),
     retry_max_delay=60.0,
     idempotent_methods=frozenset({"GET", "HEAD", "OPTIONS"}),
-    breaker=CircuitBreaker(failure_ratio=0.5, minimum_calls=20, window=60.0, break_duration=30.0),
+    breaker=CircuitBreaker(
+        failure_ratio=0.5,
+        minimum_calls=20,
+        window=60.0,
+        consecutive_failures=10,
+        break_duration=1.0,
+        max_break_duration=30.0,
+    ),
     auth_skew=300.0,
 )
 """The settings behind :func:`preset`; ``standard_pipeline`` overrides apply on top."""
