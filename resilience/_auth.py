@@ -1,4 +1,4 @@
-"""AuthRefresh and the token providers: attach a token, keep it fresh, fetch it once.
+"""AuthRefresh: attach a token, keep it fresh, fetch it once.
 
 Where it sits: usually below Retry and the circuit breaker, just above the
 innermost ``Timeout(attempt=...)``. For every request it attaches the cached token
@@ -9,11 +9,12 @@ is not a retry (no Retry attempt, no retry budget), though ``report.attempts``
 counts it. A second ``REFRESH_AUTH`` travels up unchanged and surfaces as
 :class:`~resilience.errors.AuthenticationError`.
 
-Token providers only fetch (``async fetch(http) -> Token``). ``AuthRefresh`` owns
-the cache, proactive refresh and single-flight: concurrent callers share one fetch.
-The ``http`` client handed to ``fetch`` sends through the pipeline's inner
-transport and through none of the layers (token endpoints are rate-limited); its
-``base_url`` is fixed when the layer is bound, never the request's origin.
+Tokens and the providers that fetch them live in ``_tokens.py``; this module only
+asks a provider (``async fetch(http) -> Token``) and owns the cache, proactive
+refresh and single-flight: concurrent callers share one fetch. The ``http``
+client handed to ``fetch`` sends through the pipeline's inner transport and
+through none of the layers (token endpoints are rate-limited); its ``base_url``
+is fixed when the layer is bound, never the request's origin.
 
 Credentials stay with their origin: a token is attached only to requests for the
 origins it was issued for (named in ``origins=``, else the provider's token
@@ -21,24 +22,18 @@ endpoint's, else the first request's); any other request passes untouched, cause
 no fetch, and its rejection is final.
 
 Secrets (client secrets, tokens) never appear in a repr, a str, an error message,
-a log record or an event: providers keep them in :class:`~resilience.Secret`, and
-:class:`Token`'s repr hides its value.
-
-Vendor plugins may reuse :func:`token_from_response` (a token endpoint's answer
-into a :class:`Token` or a :class:`TokenFetchError`) besides the plugin kit's
-``post_for_token`` and ``jwt_expires_in``.
+a log record or an event: a failed fetch is described by the type of what went
+wrong, and whatever quotes a credential is withheld.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
-import json
 import logging
 import math
-import re
 import weakref
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any
 from urllib.parse import quote_plus
 
 import anyio
@@ -50,27 +45,25 @@ from . import _validate as v
 from ._classifier import (
     NEVER_RETRY_ERRORS,
     RETRY_ERRORS,
-    RETRY_STATUSES,
     local_protocol_error,
     retry_after_of,
 )
-from ._clock import SYSTEM_CLOCK, Clock
 from ._events import TokenRefreshed
 from ._pipeline import Call, CallNext, Outcome, PipelineEnv
-from ._report import CallReport
 from ._secret import Secret, mentions, scrub_problem
+from ._tokens import (
+    Token,
+    TokenProvider,
+    _transient_status,
+    absolute_url,
+    check_header_name,
+    check_scheme,
+    header_safe,
+)
 from ._verdict import Action, Problem, Verdict
-from .errors import AuthenticationError, ConfigurationError
+from .errors import AuthenticationError, ConfigurationError, TokenFetchError
 
-__all__ = [
-    "AuthRefresh",
-    "OAuth2ClientCredentials",
-    "StaticToken",
-    "Token",
-    "TokenFetchError",
-    "TokenProvider",
-    "token_from_response",
-]
+__all__ = ["AuthRefresh"]
 
 logger = logging.getLogger("resilience")
 
@@ -79,78 +72,11 @@ logger = logging.getLogger("resilience")
 #: ten requests a minute; asking on every call would burn that at once).
 PROACTIVE_RETRY_INTERVAL = 5.0
 
-# RFC 9110 token: what a header name (and an auth scheme) may be made of.
-_HTTP_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-# Control characters (CR and LF above all) would split a header.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-# What an error code or request id from a token endpoint may look like to be quoted.
-_SAFE_CODE = re.compile(r"[A-Za-z0-9_.:\-]{1,64}")
+#: httpx's own default: 5 s for each of connect, read, write and pool.
+_HTTPX_DEFAULT_TIMEOUT = httpx.Timeout(5.0)
 
 
-# --- validators and converters ------------------------------------------------------
-
-
-def _check_token_value(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if not isinstance(value, str) or not value:
-        raise ConfigurationError(
-            f"{type(instance).__name__}: {attribute.name} must be a non-empty str, "
-            f"got {type(value).__name__}{' (empty)' if value == '' else ''}"
-        )
-    if not _header_safe(value):
-        # Never quote the value: it is a credential.
-        raise ConfigurationError(
-            f"{type(instance).__name__}: {attribute.name} has surrounding whitespace, "
-            "control or non-ASCII characters, which an HTTP header cannot carry"
-        )
-
-
-def _header_safe(value: str) -> bool:
-    # httpx encodes header values as ASCII; CR/LF would split the header; h11 refuses
-    # a value with surrounding whitespace and quotes it whole in its error.
-    return value.isascii() and _CONTROL.search(value) is None and value == value.strip()
-
-
-def _to_secret(value: Any) -> Any:
-    # Anything else is left for the validator, which knows the field's name.
-    return Secret(value) if isinstance(value, (str, Secret)) else value
-
-
-def _check_secret(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-    # Any text will do: a client secret is form-urlencoded before it is sent.
-    if not isinstance(value, Secret) or not value:
-        raise ConfigurationError(
-            f"{type(instance).__name__}: {attribute.name} must be a non-empty str or "
-            f"Secret, got {type(value).__name__}{' (empty)' if isinstance(value, Secret) else ''}"
-        )
-
-
-def _check_static(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-    _check_token_value(instance, attribute, value.reveal() if isinstance(value, Secret) else value)
-
-
-def _check_non_empty_str(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if not isinstance(value, str) or not value:
-        raise ConfigurationError(
-            f"{type(instance).__name__}: {attribute.name} must be a non-empty str, "
-            f"got {type(value).__name__}"
-        )
-
-
-def _to_url_text(value: str | httpx.URL) -> str:
-    return str(value) if isinstance(value, httpx.URL) else value
-
-
-def _check_url(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-    problem = f"{type(instance).__name__}: {attribute.name} must be an absolute http(s) URL"
-    if not isinstance(value, str):
-        raise ConfigurationError(f"{problem}, got {type(value).__name__}")
-    try:
-        url: httpx.URL | None = httpx.URL(value)
-    except (httpx.InvalidURL, TypeError, ValueError):
-        url = None  # raised below, not here: httpx's error may quote the URL
-    if url is None or url.scheme not in ("http", "https") or not url.host:
-        raise ConfigurationError(problem)
-
+# --- origins ------------------------------------------------------------------------
 
 Origin = tuple[str, str, int]
 """(scheme, host, port) with the default port filled in: what a token is issued for."""
@@ -176,15 +102,11 @@ def _origin_text(origin: Origin) -> str:
 
 def _absolute_origin(value: object, what: str) -> Origin:
     """The origin of an absolute http(s) URL, else a ConfigurationError naming ``what``."""
-    problem = f"{what} must be an absolute http(s) URL"
-    if not isinstance(value, (str, httpx.URL)):
-        raise ConfigurationError(f"{problem}, got {type(value).__name__}")
-    try:
-        url: httpx.URL | None = httpx.URL(value)
-    except (httpx.InvalidURL, TypeError, ValueError):
-        url = None  # raised below, not here: httpx's error may quote the URL
-    if url is None or url.scheme not in _DEFAULT_PORTS or not url.host:
-        raise ConfigurationError(problem)
+    url = absolute_url(value)
+    if url is None:
+        # Never quote the value: a URL may carry user:password.
+        got = "" if isinstance(value, (str, httpx.URL)) else f", got {type(value).__name__}"
+        raise ConfigurationError(f"{what} must be an absolute http(s) URL{got}")
     return origin_of(url)
 
 
@@ -224,381 +146,8 @@ def token_endpoint_of(provider: object) -> httpx.URL | None:
     return httpx.URL(endpoint)
 
 
-def _to_scope(value: str | list[str] | tuple[str, ...] | None) -> str | None:
-    if value is None or isinstance(value, str):
-        return value or None
-    if isinstance(value, (list, tuple)) and all(isinstance(item, str) for item in value):
-        return " ".join(value) or None
-    raise ConfigurationError(
-        f"scope must be a str, a list of str or None, got {type(value).__name__}"
-    )
-
-
-def _check_header_name(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if not isinstance(value, str) or not _HTTP_TOKEN.fullmatch(value):
-        raise ConfigurationError(
-            f"{type(instance).__name__}: {attribute.name} must be an HTTP token "
-            f"(letters, digits, !#$%&'*+-.^_`|~), got {value!r}"
-        )
-
-
 def _check_endpoint(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     token_endpoint_of(value)
-
-
-def _check_scheme(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if value is None or value == "":
-        return
-    _check_header_name(instance, attribute, value)
-
-
-def _hidden(_: object) -> str:
-    return "'***'"
-
-
-# --- tokens and providers -----------------------------------------------------------
-
-
-@attrs.frozen
-class Token:
-    """An access token, and its life in seconds from the fetch.
-
-    ``value`` is the plain token (a ``str``); the repr shows ``'***'`` instead.
-    ``expires_in`` is ``None`` for a token that does not expire.
-    """
-
-    value: str = attrs.field(repr=_hidden, validator=_check_token_value)
-    """The token itself, as sent after the scheme (``Bearer <value>``)."""
-    expires_in: float | None = attrs.field(
-        default=None, validator=v.number(minimum=0, optional=True)
-    )
-    """Seconds of life from the fetch; ``None`` when it does not expire."""
-    obtained_at: float | None = attrs.field(
-        default=None, kw_only=True, eq=False, validator=v.number(optional=True)
-    )
-    """When the provider got it, on the provider's clock (for callers that use a
-    provider on its own; ``AuthRefresh`` keeps time on the pipeline's clock)."""
-
-    @property
-    def expires_at(self) -> float | None:
-        """``obtained_at + expires_in`` on the provider's clock, when both are known."""
-        if self.expires_in is None or self.obtained_at is None:
-            return None
-        return self.obtained_at + self.expires_in
-
-
-@runtime_checkable
-class TokenProvider(Protocol):
-    """Fetches a token; :class:`AuthRefresh` owns caching, refresh and single-flight.
-
-    ``http`` sends through the pipeline's inner transport and none of its layers.
-    Its ``base_url`` is fixed when the pipeline is built, never taken from the
-    request that needed the token: the origin of the provider's ``token_endpoint``
-    when it declares one, else the first of ``AuthRefresh(origins=...)``; with
-    neither it has no ``base_url`` and the provider must use absolute URLs.
-
-    A provider may declare ``token_endpoint`` (an absolute URL, or ``None`` for a
-    provider that sends nothing, like :class:`StaticToken`): ``AuthRefresh`` then
-    attaches its tokens to requests for that origin only, unless told otherwise
-    (see :class:`AuthRefresh`).
-
-    A provider raises on failure: :class:`TokenFetchError` (e.g. from
-    :func:`token_from_response`) says why and whether asking again soon may help;
-    an ``httpx.TransportError`` counts as transient; anything else as permanent.
-    """
-
-    async def fetch(self, http: httpx.AsyncClient) -> Token:
-        """Get a new token."""
-        ...
-
-
-@attrs.frozen
-class StaticToken:
-    """A fixed token that never expires (an API key, a long-lived token).
-
-    It has no token endpoint, so nothing says which host the token belongs to:
-    give ``AuthRefresh(StaticToken(key), origins=["https://api.example"])``.
-    Without ``origins`` the token goes only to the origin of the first request
-    the pipeline sends (never to a host a redirect leads to).
-
-    Args:
-        value: the token (kept in a :class:`~resilience.Secret`); surrounding
-            whitespace, control or non-ASCII characters are a
-            :class:`~resilience.errors.ConfigurationError` (an HTTP header cannot
-            carry them).
-        clock: stamps :attr:`Token.obtained_at` (default: the real clock).
-    """
-
-    token_endpoint: ClassVar[None] = None
-    """No endpoint: the token is not fetched from anywhere."""
-
-    value: Secret = attrs.field(converter=_to_secret, validator=_check_static)
-    """The token, hidden."""
-    clock: Clock | None = attrs.field(
-        default=None,
-        kw_only=True,
-        eq=False,
-        repr=False,
-        validator=v.has_method("now", optional=True),
-    )
-    """Where :attr:`Token.obtained_at` comes from (default: the real clock)."""
-
-    async def fetch(self, http: httpx.AsyncClient) -> Token:
-        """The same token every time."""
-        return Token(self.value.reveal(), obtained_at=(self.clock or SYSTEM_CLOCK).now())
-
-
-@attrs.frozen
-class OAuth2ClientCredentials:
-    """OAuth 2.0 client credentials (RFC 6749 §4.4), as Derapi's token endpoint wants.
-
-    ``fetch`` POSTs the form body ``grant_type=client_credentials`` (plus ``scope``)
-    with HTTP Basic authentication, the client id and secret each
-    form-urlencoded first (RFC 6749 §2.3.1), and reads ``access_token`` and
-    ``expires_in`` from the JSON answer. An error answer (RFC 6749 §5.2,
-    ``{"error": "invalid_client"}``) becomes a :class:`TokenFetchError` naming the
-    status and the error code.
-
-    ``AuthRefresh`` attaches its tokens only to requests for ``token_url``'s origin
-    (scheme, host, port): right when the API and the token endpoint share a host.
-    When they do not (``https://auth.example/oauth2/token`` for
-    ``https://api.example``), name the API with ``AuthRefresh(provider,
-    origins=["https://api.example"])``.
-
-    Args:
-        token_url: the token endpoint (an absolute http(s) URL).
-        client_id: the client identifier.
-        client_secret: the client secret (kept in a :class:`~resilience.Secret`).
-        scope: scopes to ask for: a space-separated str or a list (default: none).
-        clock: stamps :attr:`Token.obtained_at` (default: the real clock).
-    """
-
-    token_url: str = attrs.field(converter=_to_url_text, validator=_check_url)
-    """The token endpoint's URL."""
-    client_id: str = attrs.field(validator=_check_non_empty_str)
-    """The client identifier (not a secret: it shows in the repr)."""
-    client_secret: Secret = attrs.field(converter=_to_secret, validator=_check_secret)
-    """The client secret, hidden."""
-    scope: str | None = attrs.field(default=None, converter=_to_scope)
-    """Space-separated scopes, or ``None`` to send no ``scope``."""
-    clock: Clock | None = attrs.field(
-        default=None,
-        kw_only=True,
-        eq=False,
-        repr=False,
-        validator=v.has_method("now", optional=True),
-    )
-    """Where :attr:`Token.obtained_at` comes from (default: the real clock)."""
-
-    @property
-    def token_endpoint(self) -> str:
-        """Where tokens come from (``token_url``); its origin is where they go."""
-        return self.token_url
-
-    async def fetch(self, http: httpx.AsyncClient) -> Token:
-        """Ask the token endpoint for a new token."""
-        form = {"grant_type": "client_credentials"}
-        if self.scope is not None:
-            form["scope"] = self.scope
-        response = await http.post(
-            self.token_url,
-            data=form,
-            headers={"Authorization": self._basic(), "Accept": "application/json"},
-        )
-        return token_from_response(response, vendor="oauth2", clock=self.clock)
-
-    def _basic(self) -> str:
-        # RFC 6749 §2.3.1: form-urlencode id and secret, then HTTP Basic (RFC 7617).
-        pair = f"{quote_plus(self.client_id)}:{quote_plus(self.client_secret.reveal())}"
-        return "Basic " + base64.b64encode(pair.encode()).decode("ascii")
-
-
-# --- helpers for token flows (vendor plugins reuse these) ---------------------------
-
-
-class TokenFetchError(AuthenticationError):
-    """A token could not be fetched: the endpoint failed, refused, or answered badly.
-
-    It is an :class:`~resilience.errors.AuthenticationError`. :attr:`transient`
-    says whether asking again later may help (a network error, 429, 5xx); then
-    ``AuthRefresh`` reports the failure as a RETRY, so a Retry layer above may try
-    the call again (within its budget). The message names the endpoint's host, the
-    status and the error code, never a body, a token or a secret.
-    """
-
-    transient: bool
-    """Whether asking again later may help."""
-    retry_after: float | None
-    """Seconds the token endpoint asked to wait (``Retry-After``), when it did."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        transient: bool = False,
-        retry_after: float | None = None,
-        request: httpx.Request | None = None,
-        problem: Problem | None = None,
-        report: CallReport | None = None,
-    ) -> None:
-        super().__init__(message, request=request, problem=problem, report=report)
-        self.transient = transient
-        self.retry_after = retry_after
-
-
-#: httpx's own default: 5 s for each of connect, read, write and pool.
-_HTTPX_DEFAULT_TIMEOUT = httpx.Timeout(5.0)
-
-
-def _transient_status(status: int | None) -> bool:
-    """Whether a token endpoint answering ``status`` may answer better later: 408,
-    425, 429 and every 5xx but 501 (Not Implemented) and 505 (HTTP Version Not
-    Supported), which say the request itself will never work."""
-    if status is None:
-        return False
-    return status in RETRY_STATUSES or (500 <= status < 600 and status not in (501, 505))
-
-
-def token_from_response(
-    response: httpx.Response,
-    *,
-    access_token_path: str = "access_token",
-    expires_in_path: str | None = "expires_in",
-    default_expires_in: float | None = None,
-    vendor: str = "oauth2",
-    clock: Clock | None = None,
-) -> Token:
-    """Turn a token endpoint's (read) answer into a :class:`Token`, or raise.
-
-    Any 2xx is a success (Turris answers 201). The token and its life are looked up
-    by dotted paths into the JSON body: ``"access_token"`` (RFC 6749, Tellus,
-    Derapi) or ``"data.accessToken"`` (Turris). ``expires_in`` may be a number or a
-    numeric string; when it is absent (or ``expires_in_path`` is ``None``),
-    ``default_expires_in`` is used.
-
-    Raises:
-        TokenFetchError: the status is not 2xx (``problem.code`` is the body's
-            ``error`` / ``errorType`` / ``code`` when it looks like a code; 408,
-            425, 429 and 5xx but 501 and 505 are ``transient``, with ``Retry-After``
-            honoured), or
-            the body is not JSON, lacks the token, or has a token or a life of
-            the wrong type (a negative ``expires_in`` included).
-    """
-    where = f"token endpoint {_host(response)}"
-    status = response.status_code
-    if not 200 <= status < 300:
-        code, request_id = _error_fields(response)
-        transient = _transient_status(status)
-        problem = Problem(
-            vendor=vendor,
-            status=status,
-            code=code or str(status),
-            title="token request refused",
-            request_id=request_id,
-        )
-        raise TokenFetchError(
-            f"{where} answered HTTP {status}" + (f" (error {code})" if code else ""),
-            transient=transient,
-            retry_after=retry_after_of(response) if transient else None,
-            problem=problem,
-        )
-
-    def malformed(why: str) -> TokenFetchError:
-        problem = Problem(vendor=vendor, status=status, code="invalid_token_response", title=why)
-        return TokenFetchError(f"{where} answered HTTP {status}, but {why}", problem=problem)
-
-    try:
-        body = json.loads(response.content)
-    except (ValueError, RecursionError):
-        body = _MISSING
-    if body is _MISSING:
-        # Raised outside the except block: a JSONDecodeError keeps the whole body,
-        # which may hold a token, and would stay reachable as __context__.
-        raise malformed("its body is not JSON")
-    value = _lookup(body, access_token_path)
-    if value is _MISSING:
-        raise malformed(f"its body has no {access_token_path!r}")
-    if not isinstance(value, str) or not value.strip():
-        raise malformed(f"{access_token_path!r} is not a non-empty string")
-    value = value.strip()
-    if not _header_safe(value):
-        raise malformed(f"{access_token_path!r} has characters no HTTP header can carry")
-    expires_in: float | None = default_expires_in
-    if expires_in_path is not None:
-        raw = _lookup(body, expires_in_path)
-        if raw is not _MISSING and raw is not None:
-            expires_in = _seconds(raw)
-            if expires_in is None:
-                raise malformed(f"{expires_in_path!r} is not a non-negative number")
-    return Token(value, expires_in, obtained_at=(clock or SYSTEM_CLOCK).now())
-
-
-_MISSING: Any = object()
-
-
-def _lookup(body: object, path: str) -> Any:
-    node = body
-    for key in path.split("."):
-        if not isinstance(node, dict) or key not in node:
-            return _MISSING
-        node = node[key]
-    return node
-
-
-def _seconds(raw: object) -> float | None:
-    if isinstance(raw, bool):
-        return None
-    if isinstance(raw, str):
-        # Some endpoints send "3600" (a string); accept plain decimals only.
-        if not re.fullmatch(r"\s*\d{1,12}(\.\d+)?\s*", raw):
-            return None
-        raw = float(raw)
-    if not isinstance(raw, (int, float)):
-        return None
-    try:
-        seconds = float(raw)
-    except OverflowError:
-        return None
-    return seconds if math.isfinite(seconds) and seconds >= 0 else None
-
-
-def _host(response: httpx.Response) -> str:
-    try:
-        return response.request.url.host or "(unknown host)"
-    except RuntimeError:  # a response built without a request
-        return "(unknown host)"
-
-
-def _error_fields(response: httpx.Response) -> tuple[str | None, str | None]:
-    """The error code and request id of an error answer, when they look safe to quote.
-
-    RFC 6749 says ``error``, Turris ``errorType``, Tellus ``code``; free text
-    (``error_description``, ``message``) is never quoted: it may echo the request.
-    """
-    try:
-        body = json.loads(response.content)
-    except (ValueError, RecursionError):
-        return None, None
-    if not isinstance(body, dict):
-        return None, None
-    code = None
-    for key in ("error", "errorType", "code"):
-        candidate = _safe_code(body.get(key))
-        if candidate is not None:
-            code = candidate
-            break
-    request_id = _safe_code(body.get("requestId", body.get("request_id")))
-    return code, request_id
-
-
-def _safe_code(value: object) -> str | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        value = str(value)
-    if isinstance(value, str) and _SAFE_CODE.fullmatch(value):
-        return value
-    return None
 
 
 # --- the layer ----------------------------------------------------------------------
@@ -612,10 +161,10 @@ class AuthRefresh:
       default ports normalised) is one it was issued for: the ones named in
       ``origins``, else the origin of the provider's ``token_endpoint``
       (``OAuth2ClientCredentials``' ``token_url``, a plugin's token URL), else, for
-      a provider with no endpoint (:class:`StaticToken`, a provider that declares
-      none), the origin of the first request this pipeline sends. A request for
-      any other origin (a redirect to another host, another API on the same
-      client) is sent without a token, causes no fetch, and its 401 is a FAIL
+      a provider with no endpoint (:class:`~resilience.StaticToken`, a provider
+      that declares none), the origin of the first request this pipeline sends.
+      A request for any other origin (a redirect to another host, another API on
+      the same client) is sent without a token, causes no fetch, and its 401 is a FAIL
       (a :class:`~resilience.errors.PermanentError`), never a token request.
     * Proactive: a token of life ``L`` fetched at time ``t`` (the pipeline's clock,
       read when the fetch starts) is refreshed, before sending, from
@@ -634,7 +183,7 @@ class AuthRefresh:
       cannot be re-read is not replayed; the token is still refreshed.
     * Single-flight: one fetch at a time per pipeline; whoever waited for it uses
       its token, or shares its failure, instead of fetching again.
-    * A failed fetch becomes a :class:`TokenFetchError` (an
+    * A failed fetch becomes a :class:`~resilience.TokenFetchError` (an
       ``AuthenticationError``; a RETRY outcome when transient, so a Retry layer
       above may try again, otherwise a FAIL); the cache is left as it was and
       the next call asks again. A cancelled fetch changes nothing.
@@ -643,8 +192,8 @@ class AuthRefresh:
     ``"initial"``, ``"proactive"`` or ``"rejected"``.
 
     Args:
-        provider: fetches tokens (:class:`OAuth2ClientCredentials`, a plugin's
-            flow, :class:`StaticToken`, ...).
+        provider: fetches tokens (:class:`~resilience.OAuth2ClientCredentials`, a
+            plugin's flow, :class:`~resilience.StaticToken`, ...).
         origins: the origins the token is for, as URLs (``"https://api.example"``;
             only scheme, host and port count; one str is taken as one origin);
             default: the provider's token endpoint's origin, or the first
@@ -666,9 +215,9 @@ class AuthRefresh:
     with no endpoint)."""
     skew: float = attrs.field(default=60.0, kw_only=True, validator=v.number(minimum=0))
     """Seconds before expiry at which a token is refreshed before sending."""
-    header: str = attrs.field(default="Authorization", kw_only=True, validator=_check_header_name)
+    header: str = attrs.field(default="Authorization", kw_only=True, validator=check_header_name)
     """The request header that carries the token."""
-    scheme: str | None = attrs.field(default="Bearer", kw_only=True, validator=_check_scheme)
+    scheme: str | None = attrs.field(default="Bearer", kw_only=True, validator=check_scheme)
     """The auth scheme before the token, or ``None`` / ``""`` for the bare token."""
     fetch_timeout: float | None = attrs.field(
         default=30.0,
@@ -1019,7 +568,7 @@ class _AuthHandler:
                     f"{type(token).__name__}, not a Token"
                 )
             value = token.value
-            if not isinstance(value, str) or not value or not _header_safe(value):
+            if not isinstance(value, str) or not value or not header_safe(value):
                 # A Token whose checks were bypassed: h11 would quote it in an error.
                 raise TokenFetchError(
                     f"{type(provider).__name__}.fetch() returned a token an HTTP header "
@@ -1092,7 +641,7 @@ class _AuthHandler:
                 vendor=vendor, status=status, code=str(status), title="token request refused"
             )
             return _Failure(
-                f"token endpoint {_host(exc.response)} answered HTTP {status}",
+                f"token endpoint {_request_host(exc)} answered HTTP {status}",
                 problem,
                 transient,
                 retry_after_of(exc.response) if transient else None,
@@ -1167,7 +716,7 @@ def _withheld_error(error: BaseException) -> BaseException:
 
 
 def _request_host(exc: BaseException) -> str:
-    if isinstance(exc, httpx.RequestError):
+    if isinstance(exc, httpx.HTTPError):
         try:
             return exc.request.url.host or "the token endpoint"
         except RuntimeError:  # raised without a request

@@ -584,7 +584,7 @@ def _failure_cases() -> list[Any]:
         ),
         pytest.param(
             reply(401, json={"error": "invalid_client"}),
-            "token endpoint auth.example.test answered HTTP 401 (error invalid_client)",
+            "token endpoint auth.example.test answered HTTP 401: code=invalid_client",
             False,
             id="endpoint-4xx",
         ),
@@ -594,7 +594,9 @@ def _failure_cases() -> list[Any]:
             True,
             id="endpoint-5xx",
         ),
-        pytest.param(reply(200, content="<html>"), "its body is not JSON", False, id="not-json"),
+        pytest.param(
+            reply(200, content="<html>"), "its body is not a JSON object", False, id="not-json"
+        ),
         pytest.param(
             reply(200, json={"token_type": "Bearer"}),
             "its body has no 'access_token'",
@@ -621,7 +623,7 @@ def _failure_cases() -> list[Any]:
         ),
         pytest.param(
             reply(200, json=["access_token"]),
-            "its body has no 'access_token'",
+            "its body is not a JSON object",
             False,
             id="not-an-object",
         ),

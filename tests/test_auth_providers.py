@@ -103,7 +103,10 @@ async def test_client_credentials_error_answer() -> None:
             await OAuth2ClientCredentials(TOKEN_URL, "id", "p@ss").fetch(http)
     error = caught.value
     assert isinstance(error, AuthenticationError)
-    assert str(error) == "token endpoint auth.example.test answered HTTP 401 (error invalid_client)"
+    assert (
+        str(error)
+        == "oauth2 token endpoint auth.example.test answered HTTP 401: code=invalid_client"
+    )
     assert error.problem is not None
     assert (error.problem.status, error.problem.code) == (401, "invalid_client")
     assert not error.transient
@@ -199,7 +202,7 @@ def test_rate_limited_token_endpoint_is_transient_with_its_hint() -> None:
         (b'{"access_token": "t", "expires_in": 1e400}', "not a non-negative number"),
         (b'{"access_token": "t", "expires_in": true}', "not a non-negative number"),
         (b'{"access_token": "t", "expires_in": "1e3"}', "not a non-negative number"),
-        (b"[[[[[[[[[[" * 100_000, "its body is not JSON"),
+        (b"[[[[[[[[[[" * 100_000, "its body is not a JSON object"),
     ],
 )
 def test_bad_token_answers(content: bytes, reason: str) -> None:

@@ -12,9 +12,8 @@ sends it only to the token endpoint's origin: ``api.derapi.com`` by default.
 from __future__ import annotations
 
 import attrs
-import httpx
 
-from resilience import Clock, OAuth2ClientCredentials, Token, TokenFetchError
+from resilience import Clock, OAuth2ClientCredentials
 from resilience.errors import ConfigurationError
 
 __all__ = ["DEFAULT_BASE_URL", "TOKEN_PATH", "DerapiClientCredentials", "token_provider"]
@@ -35,24 +34,7 @@ class DerapiClientCredentials(OAuth2ClientCredentials):
     (never the secret), so a log line says which API refused the credentials.
     """
 
-    async def fetch(self, http: httpx.AsyncClient) -> Token:
-        """Ask Derapi's token endpoint for a new token."""
-        try:
-            return await super().fetch(http)
-        except TokenFetchError as exc:
-            failure = exc
-        problem = failure.problem
-        if problem is not None:
-            problem = attrs.evolve(problem, vendor="derapi")
-        # Raised outside the except block, so the core's error is not kept as
-        # __context__ (its message is in this one).
-        raise TokenFetchError(
-            f"derapi {failure}",
-            transient=failure.transient,
-            retry_after=failure.retry_after,
-            request=getattr(failure, "_request", None),
-            problem=problem,
-        )
+    vendor = "derapi"
 
 
 def token_provider(
@@ -89,19 +71,11 @@ def token_provider(
             (the message names it, never the secret).
     """
     if token_url is None:
-        _check_base_url(base_url)
-    url = token_url if token_url is not None else base_url.rstrip("/") + TOKEN_PATH
-    return DerapiClientCredentials(url, client_id, client_secret, scope, clock=clock)
-
-
-def _check_base_url(value: object) -> None:
-    # Never quote the value: a URL may carry user:password.
-    problem = "token_provider: base_url must be an absolute http(s) URL"
-    if not isinstance(value, str):
-        raise ConfigurationError(f"{problem}, got {type(value).__name__}")
-    try:
-        url: httpx.URL | None = httpx.URL(value)
-    except (httpx.InvalidURL, TypeError, ValueError):
-        url = None  # raised below, not here: httpx's error may quote the URL
-    if url is None or url.scheme not in ("http", "https") or not url.host:
-        raise ConfigurationError(problem)
+        if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
+            # Named here: OAuth2ClientCredentials would name its own token_url.
+            got = "" if isinstance(base_url, str) else f", got {type(base_url).__name__}"
+            raise ConfigurationError(
+                f"token_provider: base_url must be an absolute http(s) URL{got}"
+            )
+        token_url = base_url.rstrip("/") + TOKEN_PATH
+    return DerapiClientCredentials(token_url, client_id, client_secret, scope, clock=clock)
