@@ -7,7 +7,9 @@ Exception tree::
         ├── PermanentError              a FAIL verdict: retrying gives the same answer
         ├── RetriesExhausted            RETRY verdicts, and no retry was left (or allowed)
         ├── CircuitOpenError            the breaker is open: nothing was sent
+        ├── ConcurrencyLimitExceeded    too many calls in flight for a key: nothing was sent
         ├── AuthenticationError         refresh did not help, or the token fetch failed
+        │   └── TokenFetchError         the token endpoint failed, refused or answered badly
         ├── PartialFailureError         a strict splitter saw parts that still failed
         └── ConfigurationError          a bad argument (also a ValueError)
 
@@ -15,7 +17,16 @@ Each error that wraps a response is, in addition, an :class:`httpx.HTTPStatusErr
 (so ``except httpx.HTTPStatusError`` keeps working) and carries ``.response``, whose
 body has been read. Every error carries ``.problem`` (the normalised vendor error,
 or ``None``) and ``.report`` (the call's :class:`~resilience.CallReport`).
-Messages name the vendor, status, code and request id; never a body or a secret.
+
+``str(error)`` is one line, built when it is shown (raising costs nothing extra)::
+
+    GET https://api.example/v1/sites?key=[redacted]: acme HTTP 429 code=rate_limited
+    'Slow down' request_id=req-42; 3 attempts, gave up: max_attempts (every allowed
+    attempt was used)
+
+the method and URL (query values redacted, no user or password), the vendor, status,
+code, title and request id, then how many attempts were sent and why it stopped.
+Never a body or a secret; the traceback's ``RetriesExhausted:`` is the only class name.
 """
 
 from __future__ import annotations
@@ -25,18 +36,20 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 import httpx
 
 from ._report import CallReport
-from ._verdict import Problem, Verdict
+from ._verdict import Action, Problem, Verdict
 
 _E = TypeVar("_E", bound="CircuitOpenError")
 
 __all__ = [
     "AuthenticationError",
     "CircuitOpenError",
+    "ConcurrencyLimitExceeded",
     "ConfigurationError",
     "PartialFailureError",
     "PermanentError",
     "ResilienceError",
     "RetriesExhausted",
+    "TokenFetchError",
 ]
 
 
@@ -69,6 +82,18 @@ class ResilienceError(httpx.HTTPError):
         self.response = response
         self.problem = problem
         self.report = report if report is not None else CallReport()
+
+    def __str__(self) -> str:
+        # Built here, not when raised: the request and report are final only once
+        # the pipeline hands the error out, and most errors are caught, never shown.
+        text = str(self.args[0]) if self.args else ""
+        request = self.__dict__.get("_request")
+        if isinstance(request, httpx.Request):
+            text = f"{request.method} {redact_url(request.url)}: {text}"
+        report = self.__dict__.get("report")
+        if isinstance(report, CallReport):
+            text += _outcome(report)
+        return text
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -166,9 +191,66 @@ class CircuitOpenError(ResilienceError):
         self.retry_after = retry_after
 
 
+class ConcurrencyLimitExceeded(ResilienceError):
+    """``ConcurrencyLimit`` had no slot for :attr:`key` in time; nothing was sent.
+
+    :attr:`reason` says why: ``"queue_full"`` (``limit`` calls in flight and
+    ``max_queued`` waiting), ``"max_wait"`` (it queued for ``max_wait`` seconds) or
+    ``"deadline"`` (the call's deadline came first). :attr:`retry_after` is always
+    ``None``: a slot frees when a call ends, which nobody can foretell.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        key: str,
+        limit: int,
+        reason: str,
+        request: httpx.Request | None = None,
+        problem: Problem | None = None,
+        report: CallReport | None = None,
+    ) -> None:
+        ResilienceError.__init__(self, message, request=request, problem=problem, report=report)
+        self.key = key
+        self.limit = limit
+        self.reason = reason
+        self.retry_after: float | None = None
+
+
 @_status_variant
 class AuthenticationError(ResilienceError):
     """Credentials were rejected after a refresh, or a token could not be fetched."""
+
+
+class TokenFetchError(AuthenticationError):
+    """A token could not be fetched: the endpoint failed, refused, or answered badly.
+
+    :attr:`transient` says whether asking again later may help (a network error,
+    429, 5xx); then ``AuthRefresh`` reports the failure as a RETRY, so a Retry
+    layer above may try the call again (within its budget). The message names the
+    endpoint's host, the status and the error code, never a body, a token or a
+    secret, and the error never holds the token request.
+    """
+
+    transient: bool
+    """Whether asking again later may help."""
+    retry_after: float | None
+    """Seconds the token endpoint asked to wait (``Retry-After``), when it did."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        transient: bool = False,
+        retry_after: float | None = None,
+        request: httpx.Request | None = None,
+        problem: Problem | None = None,
+        report: CallReport | None = None,
+    ) -> None:
+        super().__init__(message, request=request, problem=problem, report=report)
+        self.transient = transient
+        self.retry_after = retry_after
 
 
 @_status_variant
@@ -176,7 +258,95 @@ class PartialFailureError(ResilienceError):
     """A strict splitter saw parts that still failed; ``.response`` holds what worked."""
 
 
-def describe_failure(kind: str, problem: Problem | None, extra: str | None = None) -> str:
-    """Build an error message from a problem: vendor, status, code, request id."""
-    text = kind if problem is None else f"{kind}: {problem.describe()}"
-    return text if extra is None else f"{text} ({extra})"
+def describe_failure(kind: str | None, problem: Problem | None, extra: str | None = None) -> str:
+    """An error message from a problem: vendor, status, code, title, request id.
+
+    ``kind`` says what failed (``"acme token request"``); leave it ``None`` when the
+    error's class says it already. The error adds the method, URL and attempts.
+    """
+    text = describe_problem(problem) if problem is not None else ""
+    if kind:
+        text = f"{kind}: {text}" if text else kind
+    if extra is not None:
+        text = f"{text} ({extra})" if text else extra
+    return text or "failed"
+
+
+def describe_problem(problem: Problem) -> str:
+    """``problem.describe()``, less what says nothing: the generic classifier's
+    vendor name ``http`` and a code that only repeats the status."""
+    text = problem.describe()
+    if problem.vendor == "http":
+        text = text.removeprefix("http").lstrip()
+    if problem.status is not None and problem.code == str(problem.status):
+        text = text.replace(f" code={problem.code}", "", 1)
+    return text
+
+
+def _from_verdict(
+    verdict: Verdict,
+    request: httpx.Request,
+    response: httpx.Response | None,
+    report: CallReport,
+) -> ResilienceError:
+    """The error for a call whose last verdict was not ACCEPT (RETRY left over,
+    REFRESH_AUTH no layer handled, or FAIL)."""
+    problem = verdict.problem
+    kind: type[ResilienceError] = PermanentError
+    extra: str | None = None
+    if verdict.action is Action.RETRY:
+        kind = RetriesExhausted
+    elif verdict.action is Action.REFRESH_AUTH:
+        kind = AuthenticationError
+        extra = "credentials rejected"
+    if problem is None and response is not None:
+        message = describe_failure(f"HTTP {response.status_code}", None, extra)
+    else:
+        message = describe_failure(None, problem, extra)
+    return kind(message, request=request, response=response, problem=problem, report=report)
+
+
+_MAX_URL = 300
+
+_GAVE_UP = {
+    "max_attempts": "every allowed attempt was used",
+    "deadline": "no time was left before the total deadline",
+    "budget": "the retry budget was spent",
+    "not_idempotent": "the method is not idempotent, so it is never sent twice",
+    "body_not_replayable": "the request body was a stream that cannot be sent again",
+    "circuit_open": "the circuit breaker is open",
+    "max_rounds": "the partial-failure splitter ran out of rounds",
+}
+
+
+def _outcome(report: CallReport) -> str:
+    parts = []
+    if report.attempts:
+        parts.append(f"{report.attempts} attempt{'' if report.attempts == 1 else 's'}")
+    if report.gave_up:
+        why = _GAVE_UP.get(report.gave_up)
+        parts.append(f"gave up: {report.gave_up}" + (f" ({why})" if why else ""))
+    return "; " + ", ".join(parts) if parts else ""
+
+
+def redact_url(url: httpx.URL | str) -> str:
+    """A URL fit for a message or a log line: no user or password, every query
+    value replaced by ``[redacted]`` (the names stay), no fragment, at most 300
+    characters."""
+    url = httpx.URL(url)
+    path = url.raw_path.partition(b"?")[0].decode("ascii", "replace")
+    text = path
+    if url.is_absolute_url:
+        text = f"{url.scheme}://{url.netloc.decode('ascii', 'replace')}{path}"
+    query = url.query.decode("ascii", "replace")
+    if query:
+        text += "?" + "&".join(_redact_pair(pair) for pair in query.split("&"))
+    return text if len(text) <= _MAX_URL else text[: _MAX_URL - 1] + "…"
+
+
+def _redact_pair(pair: str) -> str:
+    name, equals, value = pair.partition("=")
+    if not equals:
+        # A bare item (``?abc123``) may itself be the secret.
+        return "[redacted]" if name else ""
+    return f"{name}=[redacted]" if value else f"{name}="

@@ -5,12 +5,14 @@ from __future__ import annotations
 import pytest
 
 import resilience
+import resilience._clock
 import resilience.errors
 import resilience.testing
 
 CONTRACT = [
     "Pipeline",
     "ResilientTransport",
+    "AsyncClient",
     "Action",
     "Verdict",
     "Problem",
@@ -58,6 +60,7 @@ def test_errors_module_names() -> None:
         "PermanentError",
         "RetriesExhausted",
         "CircuitOpenError",
+        "ConcurrencyLimitExceeded",
         "AuthenticationError",
         "PartialFailureError",
         "ConfigurationError",
@@ -71,10 +74,15 @@ def test_errors_module_names() -> None:
 
 
 def test_testing_module_names() -> None:
-    """``resilience.testing`` exports the test helpers."""
+    """``resilience.testing`` exports the test helpers, sorted, each importable."""
     for name in ("VirtualClock", "ScriptedTransport", "reply", "ClosingStream"):
         assert name in resilience.testing.__all__
-        assert hasattr(resilience.testing, name)
+    for name in ("FaultPlan", "Simulator", "serve", "PluginConformance", "through"):
+        assert name in resilience.testing.__all__
+    assert resilience.testing.__all__ == sorted(resilience.testing.__all__)
+    for name in resilience.testing.__all__:
+        assert hasattr(resilience.testing, name), name
+    assert resilience.testing.VirtualClock is resilience._clock.VirtualClock
 
 
 def test_reprs_say_resilience() -> None:

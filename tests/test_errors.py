@@ -7,6 +7,8 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import resilience
 from resilience import (
@@ -27,6 +29,7 @@ from resilience.errors import (
     PermanentError,
     ResilienceError,
     RetriesExhausted,
+    redact_url,
 )
 from resilience.testing import ScriptedTransport, VirtualClock, reply
 
@@ -211,8 +214,9 @@ async def test_permanent_error_fields_and_message() -> None:
     assert err.report.delays == []
     assert [v.action for v in err.report.verdicts] == [Action.FAIL]
     message = str(err)
-    for part in ("PermanentError", "acme", "HTTP 404", "code=not_found", "request_id=req-42"):
-        assert part in message
+    assert message == (
+        f"GET {URL}: acme HTTP 404 code=not_found 'not_found happened' request_id=req-42; 1 attempt"
+    )
     assert "s3cr3t" not in message
     assert "s3cr3t" not in repr(err)
     assert err.response.extensions["resilience"] is err.report
@@ -231,17 +235,10 @@ async def test_retries_exhausted_fields_and_message() -> None:
     assert len(err.verdicts) == 3
     assert all(v.action is Action.RETRY for v in err.verdicts)
     assert err.verdicts is err.report.verdicts
-    message = str(err)
-    for part in (
-        "RetriesExhausted",
-        "acme",
-        "HTTP 429",
-        "code=rate_limit_exceeded",
-        "request_id=req-42",
-        "3 attempt(s)",
-        "gave up: max_attempts",
-    ):
-        assert part in message
+    assert str(err) == (
+        f"GET {URL}: acme HTTP 429 code=rate_limit_exceeded 'rate_limit_exceeded happened' "
+        "request_id=req-42; 3 attempts, gave up: max_attempts (every allowed attempt was used)"
+    )
 
 
 async def test_retries_exhausted_without_a_response() -> None:
@@ -284,8 +281,9 @@ async def test_existing_http_status_error_handlers_keep_working() -> None:
 
 async def test_message_for_the_generic_classifier() -> None:
     """The "http" classifier's messages name the status and its reason phrase."""
-    with pytest.raises(PermanentError, match=r"http HTTP 403 code=403 'Forbidden'"):
+    with pytest.raises(PermanentError) as info:
         await call(reply(403), classifier="http")
+    assert str(info.value) == f"GET {URL}: HTTP 403 'Forbidden'; 1 attempt"
 
 
 # -- raise_on_failure=False ----------------------------------------------------------
@@ -346,3 +344,109 @@ async def test_fail_on_an_unread_success_body_returned_when_not_raising() -> Non
     )
     assert r.json() == {"data": [1]}
     assert r.extensions["resilience"].verdicts[0].action is Action.FAIL
+
+
+# -- how the message reads -----------------------------------------------------------
+
+
+async def test_the_class_name_appears_once_in_the_traceback_line() -> None:
+    """The traceback's last line names the class once, then the method and URL."""
+    import traceback
+
+    with pytest.raises(RetriesExhausted) as info:
+        await call(reply(503), classifier="http")
+    line = traceback.format_exception_only(type(info.value), info.value)[-1]
+    assert line.count("RetriesExhausted") == 1
+    assert line == (
+        f"resilience.errors.RetriesExhausted: GET {URL}: HTTP 503 'Service Unavailable'; "
+        "3 attempts, gave up: max_attempts (every allowed attempt was used)\n"
+    )
+
+
+async def test_the_url_has_no_query_values_and_no_userinfo() -> None:
+    """Query values are redacted (their names stay) and a user and password never
+    show; the method is the caller's."""
+    inner = ScriptedTransport([reply(404)])
+    pipeline = Pipeline([Retry(backoff=ONE)], clock=VirtualClock(), telemetry=False)
+    url = "https://alice:pa55word@api.test/v1/items?token=s3cr3t&page=2&flag#frag"
+    async with httpx.AsyncClient(transport=ResilientTransport(pipeline, inner=inner)) as client:
+        with pytest.raises(PermanentError) as info:
+            await client.delete(url)
+    message = str(info.value)
+    assert message.startswith(
+        "DELETE https://api.test/v1/items?token=[redacted]&page=[redacted]&[redacted]: HTTP 404"
+    )
+    for secret in ("alice", "pa55word", "s3cr3t", "frag"):
+        assert secret not in message
+
+
+async def test_transport_failures_name_the_error_and_why_it_gave_up() -> None:
+    """No response at all: the message names the transport error, the attempts and
+    why retrying stopped."""
+    with pytest.raises(RetriesExhausted) as info:
+        await call(httpx.ConnectError("connection refused"), classifier="http")
+    assert str(info.value) == (
+        f"GET {URL}: code=ConnectError 'connection refused'; 3 attempts, "
+        "gave up: max_attempts (every allowed attempt was used)"
+    )
+
+
+async def test_a_write_that_is_not_retried_says_why() -> None:
+    """A POST is never sent twice without an idempotency key, and the message says so."""
+    inner = ScriptedTransport([reply(503)])
+    pipeline = Pipeline([Retry(backoff=ONE)], clock=VirtualClock(), telemetry=False)
+    async with httpx.AsyncClient(transport=ResilientTransport(pipeline, inner=inner)) as client:
+        with pytest.raises(RetriesExhausted) as info:
+            await client.post(URL, json={"a": 1})
+    assert str(info.value).endswith(
+        "; 1 attempt, gave up: not_idempotent "
+        "(the method is not idempotent, so it is never sent twice)"
+    )
+    assert str(info.value).startswith(f"POST {URL}: HTTP 503")
+
+
+async def test_an_open_circuit_names_the_request() -> None:
+    """A call the breaker rejects says which request, that nothing was sent, and why."""
+    inner = ScriptedTransport([reply(503)])
+    pipeline = Pipeline(
+        [resilience.CircuitBreaker(minimum_calls=1, failure_ratio=0.5)],
+        classifier="http",
+        clock=VirtualClock(),
+        telemetry=False,
+        raise_on_failure=False,
+    )
+    async with httpx.AsyncClient(transport=ResilientTransport(pipeline, inner=inner)) as client:
+        await client.get(URL)
+        with pytest.raises(CircuitOpenError) as info:
+            await client.get(URL + "?key=abc")
+    message = str(info.value)
+    assert message.startswith(f"GET {URL}?key=[redacted]: circuit breaker ")
+    assert "is open" in message
+    assert "abc" not in message
+
+
+def test_a_bare_error_is_its_message() -> None:
+    """Built by hand, with no request and no attempts, an error reads as given."""
+    assert str(PermanentError("no such widget")) == "no such widget"
+    assert str(ConfigurationError("max_attempts must be at least 1")) == (
+        "max_attempts must be at least 1"
+    )
+
+
+@given(
+    names=st.lists(st.from_regex(r"[a-z_]{1,8}", fullmatch=True), min_size=1, max_size=4),
+    values=st.lists(st.from_regex(r"[A-Za-z0-9._~-]{1,20}", fullmatch=True), min_size=4),
+)
+def test_redact_url_never_shows_a_query_value(names: list[str], values: list[str]) -> None:
+    """Whatever the query holds, the redacted URL keeps each name and no value."""
+    query = "&".join(f"{n}=SECRET{v}" for n, v in zip(names, values, strict=False))
+    text = redact_url(f"https://u:SECRETpw@api.test/p?{query}")
+    assert "SECRET" not in text
+    assert text == "https://api.test/p?" + "&".join(f"{n}=[redacted]" for n in names)
+
+
+def test_redact_url_bounds_its_length() -> None:
+    """A very long URL is cut, never quoted whole."""
+    text = redact_url("https://api.test/" + "a" * 5000)
+    assert len(text) == 300
+    assert text.endswith("…")

@@ -6,6 +6,7 @@ import httpx
 import pytest
 
 from resilience import Pipeline, ResilientTransport, Retry
+from resilience.errors import ConfigurationError
 from resilience.testing import ScriptedTransport, reply
 
 pytestmark = pytest.mark.anyio
@@ -92,3 +93,42 @@ def test_scripted_transport_needs_a_step() -> None:
     """An empty script is a mistake caught at construction, not on the first request."""
     with pytest.raises(ValueError, match="at least one step"):
         ScriptedTransport([])
+
+
+def test_a_sync_client_fails_at_once_saying_async_only() -> None:
+    """``httpx.Client(transport=ResilientTransport(...))``: entering the client or
+    sending a request raises a TypeError naming what to use instead (not an
+    AttributeError about ``__enter__``)."""
+    transport = ResilientTransport(pipeline(), inner=ScriptedTransport.of(reply(200)))
+    client = httpx.Client(transport=transport)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"async only.*httpx\.AsyncClient"):
+        client.get("https://api.test/")
+    fresh = httpx.Client(transport=transport)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"resilience\.AsyncClient"), fresh:
+        pass
+
+
+def test_a_sync_inner_transport_is_refused_at_construction() -> None:
+    """A sync transport as ``inner`` is a ConfigurationError that names the argument,
+    says the library is async only and names the async transport to use."""
+    sync = httpx.HTTPTransport()
+    with pytest.raises(
+        ConfigurationError, match=r"^inner .*httpx\.HTTPTransport.*async only"
+    ) as info:
+        ResilientTransport(pipeline(), inner=sync)  # type: ignore[arg-type]
+    assert "httpx.AsyncHTTPTransport" in str(info.value)
+    sync.close()
+    with pytest.raises(ConfigurationError, match="inner must be an async transport"):
+        ResilientTransport(pipeline(), inner=object())  # type: ignore[arg-type]
+
+
+def test_mock_transport_and_duck_typed_inners_are_accepted() -> None:
+    """httpx.MockTransport (both sync and async) and any object with
+    ``handle_async_request`` are fine as ``inner``."""
+    ResilientTransport(pipeline(), inner=httpx.MockTransport(lambda r: httpx.Response(200)))
+
+    class Duck:
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            return httpx.Response(200)
+
+    ResilientTransport(pipeline(), inner=Duck())  # type: ignore[arg-type]
