@@ -1,9 +1,11 @@
 """Classifiers: turn one attempt (a response or an exception) into a Verdict.
 
 The innermost step of a pipeline asks its classifier about every attempt, exactly
-once. This module holds the protocol, the generic ``"http"`` classifier, the
-``Retry-After`` parser, and the loader that finds vendor plugins by name in the
-entry-point group ``resilience.classifiers``.
+once, through :func:`safe_classify`, which never lets a classifier's bug escape.
+This module holds the protocol, the generic status-code reading (the ``"http"``
+classifier, which :mod:`resilience._http_plugin` packages as a plugin) and the
+``Retry-After`` parser. Plugins are found by name in :mod:`resilience._loader`
+(its names are re-exported here for the modules that import them from here).
 """
 
 from __future__ import annotations
@@ -14,31 +16,29 @@ import logging
 import math
 import re
 import time
-from collections.abc import Mapping
-from importlib import metadata
+from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
 import anyio
 import httpx
 
-from ._verdict import ACCEPT, Action, Problem, Verdict
+from ._http import MAX_HINT_SECONDS
+from ._loader import ENTRY_POINT_GROUP, available_classifiers, load_plugin, resolve_classifier
+from ._verdict import ACCEPT, Action, Problem, Verdict, verdict_fault
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "MAX_HINT_SECONDS",
     "Classifier",
     "HttpClassifier",
     "available_classifiers",
     "load_plugin",
     "parse_retry_after",
     "resolve_classifier",
+    "safe_classify",
 ]
 
 logger = logging.getLogger("resilience")
-
-ENTRY_POINT_GROUP = "resilience.classifiers"
-
-#: Longest wait any parsed hint may ask for (a server asking for more is clamped).
-MAX_HINT_SECONDS = 86_400.0
 
 
 @runtime_checkable
@@ -127,8 +127,21 @@ RETRY_ERRORS: tuple[type[BaseException], ...] = (
 
 
 def error_problem(vendor: str, error: BaseException) -> Problem:
-    """The problem of an attempt that raised: its code is the exception class."""
+    """The problem of an attempt that raised: its code is the exception class.
+
+    A local protocol error's text is not used: h11 quotes the header it refused,
+    whole, and that header may carry a token.
+    """
+    if local_protocol_error(error):
+        title = "the HTTP library refused to send the request (a header or the body is malformed)"
+        return Problem(vendor=vendor, code=type(error).__name__, title=title)
     return Problem(vendor=vendor, code=type(error).__name__, title=_safe_str(error))
+
+
+def local_protocol_error(error: BaseException) -> bool:
+    """Whether ``error`` is an HTTP library refusing our own request (httpx's,
+    httpcore's or h11's ``LocalProtocolError``): its text may quote a header."""
+    return any(kind.__name__ == "LocalProtocolError" for kind in type(error).__mro__)
 
 
 def _safe_str(error: BaseException) -> str:
@@ -203,94 +216,53 @@ class HttpClassifier:
 HTTP_CLASSIFIER = HttpClassifier()
 
 
-class _HttpPlugin:
-    """The entry point object of the built-in ``"http"`` classifier."""
-
-    name = "http"
-    classifier = HTTP_CLASSIFIER
-    description = "generic: status codes and Retry-After"
-
-    def __repr__(self) -> str:
-        return "<resilience plugin 'http'>"
+ClassifyFunction = Callable[[httpx.Request, httpx.Response | None, BaseException | None], Verdict]
+"""The shape of ``Classifier.classify``."""
 
 
-HTTP_PLUGIN = _HttpPlugin()
+def safe_classify(
+    classify: ClassifyFunction,
+    request: httpx.Request,
+    response: httpx.Response | None,
+    error: BaseException | None,
+    *,
+    vendor: str,
+    fallback_vendor: str | None = None,
+) -> Verdict:
+    """``classify(request, response, error)``, which never raises.
 
-_plugin_cache: dict[str, Any] = {}
+    A classifier that raises, or answers anything but a well-formed
+    :class:`Verdict` (see :func:`~resilience._verdict.verdict_fault`), is logged
+    as a warning naming ``vendor`` and what went wrong (the exception's class and
+    first 200 characters, or the wrong field's type), and the generic status-code
+    reading (:func:`classify_status`, :func:`classify_error`) is used instead,
+    its problem under ``fallback_vendor`` (default: ``vendor``).
 
-
-def _entry_points() -> Mapping[str, metadata.EntryPoint]:
-    found: dict[str, metadata.EntryPoint] = {}
-    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
-        found.setdefault(ep.name, ep)
-    return found
-
-
-def available_classifiers() -> list[str]:
-    """Names of the classifiers installed (entry points that import), sorted."""
-    names = {"http"}
-    for name, ep in _entry_points().items():
-        if _load_entry_point(name, ep) is not None:
-            names.add(name)
-    return sorted(names)
-
-
-def _load_entry_point(name: str, ep: metadata.EntryPoint) -> Any | None:
-    if name in _plugin_cache:
-        return _plugin_cache[name]
-    try:
-        plugin = ep.load()
-    except Exception as exc:
-        logger.warning(
-            "resilience plugin %r (%s) failed to import and was skipped: %s: %s",
-            name,
-            ep.value,
-            type(exc).__name__,
-            exc,
-        )
-        return None
-    _plugin_cache[name] = plugin
-    return plugin
-
-
-def load_plugin(name: str) -> Any:
-    """The object registered under ``name`` in the ``resilience.classifiers`` group.
-
-    Raises :class:`LookupError` naming the installed plugins when none matches
-    (or when the one that matches failed to import).
+    Vendor classifiers wrap their own logic in it (``TableClassifier.classify``
+    does), and the pipeline wraps whatever classifier it was given.
     """
-    if name == "http":
-        return HTTP_PLUGIN
-    if name in _plugin_cache:
-        return _plugin_cache[name]
-    ep = _entry_points().get(name)
-    plugin = None if ep is None else _load_entry_point(name, ep)
-    if plugin is None:
-        known = ", ".join(repr(n) for n in available_classifiers())
-        why = "failed to import (see the log)" if ep is not None else "is not installed"
-        raise LookupError(
-            f"classifier {name!r} {why}; installed classifiers: {known}. "
-            f"First-party plugins: pip install resilience-tellus resilience-turris "
-            f"resilience-derapi"
-        )
-    return plugin
-
-
-def resolve_classifier(spec: str | Classifier) -> Classifier:
-    """A classifier from a name (entry point) or a classifier object."""
-    if isinstance(spec, str):
-        plugin = load_plugin(spec)
-        classifier = getattr(plugin, "classifier", plugin)
-        # A class (whose classify is an unbound function) or a factory: build it.
-        if isinstance(classifier, type) or (
-            callable(classifier) and not hasattr(classifier, "classify")
-        ):
-            classifier = classifier()
+    fault: str | None
+    try:
+        verdict = classify(request, response, error)
+    except Exception as exc:
+        fault = f"{type(exc).__name__}: {_safe_str(exc)}"
     else:
-        classifier = spec
-    if not callable(getattr(classifier, "classify", None)):
-        raise TypeError(
-            f"classifier must be a name or an object with a classify() method, "
-            f"got {type(classifier).__name__}"
-        )
-    return classifier  # type: ignore[no-any-return]
+        fault = verdict_fault(verdict)
+        if fault is None:
+            return verdict
+    logger.warning(
+        "resilience classifier %r failed (%s); using the status-code reading", vendor, fault
+    )
+    return generic_verdict(vendor if fallback_vendor is None else fallback_vendor, response, error)
+
+
+def generic_verdict(
+    vendor: str, response: httpx.Response | None, error: BaseException | None
+) -> Verdict:
+    """The status-code reading of an attempt under ``vendor``; never raises."""
+    try:
+        if response is not None:
+            return classify_status(vendor, response)
+        return classify_error(vendor, error if error is not None else Exception())
+    except Exception:  # pragma: no cover - only a broken response object gets here
+        return Verdict(Action.RETRY, problem=Problem(vendor=vendor))

@@ -2,18 +2,20 @@
 
 Every attempt that reaches the network (or fails on the way) is classified exactly
 once into a :class:`Verdict`. The verdict travels back up through the layers with
-the response; each layer acts on the actions that concern it.
+the response; each layer acts on the actions that concern it. This module sits at
+the bottom of the package (beside :mod:`resilience._http`): the errors, the
+classifiers and every layer import it.
 """
 
 from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NoReturn
 
 import attrs
 
-__all__ = ["Action", "FieldError", "Problem", "Verdict"]
+__all__ = ["Action", "FieldError", "Problem", "Verdict", "verdict_fault"]
 
 
 class Action(enum.Enum):
@@ -34,11 +36,19 @@ class Action(enum.Enum):
         return f"Action.{self.name}"
 
 
+def _refuse(message: str) -> NoReturn:
+    # Imported here: errors.py builds its messages from Verdict and Problem, so it
+    # imports this module; only a bad argument needs the error class.
+    from .errors import ConfigurationError
+
+    raise ConfigurationError(message)
+
+
 def _freeze_mapping(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
     if value is None:
         return {}
     if not isinstance(value, Mapping):
-        raise TypeError(f"details must be a mapping, got {type(value).__name__}")
+        _refuse(f"Problem: details must be a mapping, got {type(value).__name__}")
     return dict(value)
 
 
@@ -102,18 +112,23 @@ def _default_breaker_failure(verdict: Verdict) -> bool:
     return verdict.action is Action.RETRY
 
 
+def _check_action(_: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if not isinstance(value, Action):
+        _refuse(f"Verdict: {attribute.name} must be an Action, got {type(value).__name__}")
+
+
 def _check_retry_after(_: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
     if value is None:
         return
     if not isinstance(value, (int, float)) or value != value or value < 0:
-        raise ValueError(f"{attribute.name} must be a non-negative number or None, got {value!r}")
+        _refuse(f"Verdict: {attribute.name} must be a non-negative number or None, got {value!r}")
 
 
 @attrs.frozen
 class Verdict:
     """The classification of one attempt."""
 
-    action: Action = attrs.field(validator=attrs.validators.instance_of(Action))
+    action: Action = attrs.field(validator=_check_action)
     """What should happen next."""
     problem: Problem | None = attrs.field(default=None, kw_only=True)
     """The normalised error, when there was one."""
@@ -135,3 +150,29 @@ class Verdict:
 
 
 ACCEPT = Verdict(Action.ACCEPT)
+
+
+def verdict_fault(verdict: object) -> str | None:
+    """What makes ``verdict`` unusable by the layers, or ``None`` when it is sound.
+
+    The constructor checks ``action`` and ``retry_after`` but not ``problem`` or
+    ``breaker_failure``, and a classifier may hand back anything at all: the
+    answer names the type that is wrong, never a value (a value may be a body).
+    """
+    if not isinstance(verdict, Verdict):
+        return f"classify() returned {type(verdict).__name__}, not a Verdict"
+    action = verdict.action
+    problem = verdict.problem
+    flag = verdict.breaker_failure
+    wait = verdict.retry_after
+    if not isinstance(action, Action):
+        wrong, value = "action", action
+    elif problem is not None and not isinstance(problem, Problem):
+        wrong, value = "problem", problem
+    elif not isinstance(flag, bool):
+        wrong, value = "breaker_failure", flag
+    elif wait is not None and not (isinstance(wait, (int, float)) and wait >= 0):
+        wrong, value = "retry_after", wait
+    else:
+        return None
+    return f"classify() returned a malformed Verdict ({wrong} is {type(value).__name__})"

@@ -17,8 +17,9 @@ import httpx
 import pytest
 
 from resilience import Action, Pipeline, ResilientTransport, available_classifiers
-from resilience import _classifier as classifier_module
-from resilience._classifier import load_plugin, resolve_classifier
+from resilience import _loader as loader_module
+from resilience._loader import load_plugin, resolve_classifier
+from resilience.errors import ConfigurationError
 from resilience.testing import ScriptedTransport, reply
 
 FAKE_MODULE = '''
@@ -92,7 +93,7 @@ def plugins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
         {"fakeplugin_broken": BROKEN_MODULE},
     )
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(classifier_module, "_plugin_cache", {})
+    monkeypatch.setattr(loader_module, "_cache", {})
     yield tmp_path
     for module in MODULES:
         sys.modules.pop(module, None)
@@ -179,7 +180,7 @@ def test_unknown_name_without_plugins() -> None:
 def test_plugins_are_loaded_once() -> None:
     """A loaded plugin is cached: the same object every time."""
     assert load_plugin("fake") is load_plugin("fake")
-    assert "fake" in classifier_module._plugin_cache
+    assert "fake" in loader_module._cache
 
 
 def test_a_classifier_object_is_used_as_is() -> None:
@@ -191,5 +192,83 @@ def test_a_classifier_object_is_used_as_is() -> None:
 
     mine = Mine()
     assert resolve_classifier(mine) is mine  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match="classify"):
+    with pytest.raises(ConfigurationError, match=r"classifier must be .*classify\(\).*got int"):
         resolve_classifier(42)  # type: ignore[arg-type]
+
+
+@pytest.mark.usefixtures("plugins")
+def test_a_misspelt_name_gets_a_suggestion() -> None:
+    """``classifier="htp"`` names the closest installed classifier (case and
+    stray spaces ignored); a name like none of them gets no guess."""
+    with pytest.raises(LookupError, match=r"'htp' is not installed \(did you mean 'http'\?\)"):
+        Pipeline([], classifier="htp", telemetry=False)
+    with pytest.raises(LookupError, match=r"did you mean 'fake'\?"):
+        load_plugin(" FAKE")
+    with pytest.raises(LookupError) as info:
+        load_plugin("qqqqqqqqqq")
+    assert "did you mean" not in str(info.value)
+    assert "installed classifiers: " in str(info.value)
+
+
+def test_http_needs_no_package_metadata(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default classifier is found without reading any distribution's metadata
+    (a source checkout has none): building a default pipeline never scans it."""
+    from importlib import metadata
+
+    def no_metadata(**_: object) -> object:
+        raise AssertionError("entry points were read")
+
+    monkeypatch.setattr(metadata, "entry_points", no_metadata)
+    monkeypatch.setattr(loader_module, "_cache", {})
+    assert Pipeline([], telemetry=False).env.vendor == "http"
+    assert load_plugin("http").name == "http"
+
+
+def test_an_installed_http_entry_point_does_not_replace_the_builtin(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another distribution registering ``http`` cannot swap the core's classifier."""
+    install(
+        tmp_path, "impostor", {"http": "fakeplugin_mod:PLUGIN"}, {"fakeplugin_mod": FAKE_MODULE}
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(loader_module, "_cache", {})
+    try:
+        assert "http" in available_classifiers()
+        assert load_plugin("http").classifier.vendor == "http"
+        assert Pipeline([], telemetry=False).env.vendor == "http"
+    finally:
+        sys.modules.pop("fakeplugin_mod", None)
+
+
+def test_entry_point_values_with_extras_load(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An entry point written with extras (``module:attr [extra]``) loads like any."""
+    install(
+        tmp_path,
+        "extras",
+        {"fakex": "fakeplugin_mod:PLUGIN [fast]"},
+        {"fakeplugin_mod": FAKE_MODULE},
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(loader_module, "_cache", {})
+    try:
+        assert resolve_classifier("fakex").vendor == "fake"  # type: ignore[attr-defined]
+    finally:
+        sys.modules.pop("fakeplugin_mod", None)
+
+
+def test_a_plugin_without_a_classifier_is_a_configuration_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An entry point naming something that cannot classify fails when the pipeline
+    is built, with a ConfigurationError naming the classifier and what it got."""
+    install(tmp_path, "odd", {"odd": "fakeplugin_odd:NUMBER"}, {"fakeplugin_odd": "NUMBER = 42\n"})
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(loader_module, "_cache", {})
+    try:
+        with pytest.raises(ConfigurationError, match=r"classifier 'odd'.*int.*classify\(\)"):
+            Pipeline([], classifier="odd", telemetry=False)
+    finally:
+        sys.modules.pop("fakeplugin_odd", None)

@@ -27,13 +27,14 @@ from resilience import (
 )
 from resilience._plugin import (
     int_field,
-    jwt_claims,
     mapping_field,
     normalize_code,
     number_field,
     str_field,
     str_list_field,
 )
+from resilience._tokens import jwt_claims
+from resilience.errors import ConfigurationError
 
 REQUEST = httpx.Request("GET", "https://vendor.test/x")
 
@@ -65,9 +66,9 @@ def test_code_table_lookup_normalises_body_values() -> None:
 
 def test_code_table_rejects_duplicates_and_bad_keys() -> None:
     """A code listed twice (as int and str) or an unusable key is a mistake."""
-    with pytest.raises(ValueError, match="twice"):
+    with pytest.raises(ConfigurationError, match="twice"):
         CodeTable({1: Action.FAIL, "1": Action.RETRY})
-    with pytest.raises(ValueError, match="not a usable code"):
+    with pytest.raises(ConfigurationError, match="not a usable code"):
         CodeTable({True: Action.FAIL})
 
 
@@ -76,11 +77,11 @@ def test_code_entry_validates() -> None:
     entry = CodeEntry(Action.FAIL, 400, also=(422, 400), title="bad")
     assert entry.statuses == (400, 422)
     assert CodeEntry(Action.FAIL).statuses == ()
-    with pytest.raises(TypeError):
+    with pytest.raises(ConfigurationError, match="CodeEntry: action must be an Action, got str"):
         CodeEntry("fail")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="HTTP status"):
+    with pytest.raises(ConfigurationError, match="CodeEntry: status must be an HTTP status"):
         CodeEntry(Action.FAIL, 99)
-    with pytest.raises(ValueError, match="HTTP status"):
+    with pytest.raises(ConfigurationError, match="HTTP status"):
         CodeEntry(Action.FAIL, 400, also=(True,))  # type: ignore[arg-type]
 
 
@@ -278,6 +279,116 @@ def test_base_parse_is_abstract() -> None:
     assert verdict.action is Action.RETRY
 
 
+# ---- safe_classify: the one "never raise" wrapper ---------------------------------
+
+
+def _raising(message: str) -> Any:
+    def classify(request: Any, response: Any, error: Any) -> Verdict:
+        raise ValueError(message)
+
+    return classify
+
+
+def _answering(answer: Any) -> Any:
+    def classify(request: Any, response: Any, error: Any) -> Any:
+        return answer
+
+    return classify
+
+
+def test_safe_classify_passes_a_sound_verdict_through(caplog: pytest.LogCaptureFixture) -> None:
+    """A well-formed verdict comes back untouched, and nothing is logged."""
+    sound = Verdict(Action.FAIL, retry_after=None)
+    with caplog.at_level(logging.WARNING, logger="resilience"):
+        got = resilience.safe_classify(
+            _answering(sound), REQUEST, httpx.Response(400), None, vendor="acme"
+        )
+    assert got is sound
+    assert caplog.text == ""
+
+
+def test_safe_classify_falls_back_to_the_status_reading(caplog: pytest.LogCaptureFixture) -> None:
+    """A classifier that raises gets the generic reading of the status (Retry-After
+    included) or of the error, under its vendor (or ``fallback_vendor``), and a
+    warning naming the vendor, the exception class and its text."""
+    busy = httpx.Response(503, headers={"Retry-After": "4"})
+    with caplog.at_level(logging.WARNING, logger="resilience"):
+        verdict = resilience.safe_classify(_raising("boom"), REQUEST, busy, None, vendor="acme")
+    assert (verdict.action, verdict.retry_after) == (Action.RETRY, 4.0)
+    assert verdict.problem is not None
+    assert (verdict.problem.vendor, verdict.problem.status) == ("acme", 503)
+    assert "'acme'" in caplog.text
+    assert "ValueError: boom" in caplog.text
+    assert "status-code reading" in caplog.text
+
+    generic = resilience.safe_classify(
+        _raising("boom"), REQUEST, busy, None, vendor="acme", fallback_vendor="http"
+    )
+    assert generic.problem is not None
+    assert generic.problem.vendor == "http"
+    refused = httpx.ConnectError("refused", request=REQUEST)
+    verdict = resilience.safe_classify(_raising("boom"), REQUEST, None, refused, vendor="acme")
+    assert verdict.action is Action.RETRY
+    assert verdict.problem is not None
+    assert verdict.problem.code == "ConnectError"
+
+
+@pytest.mark.parametrize(
+    ("answer", "fault"),
+    [
+        (None, "returned NoneType, not a Verdict"),
+        (Verdict(Action.RETRY, problem="busy"), "malformed Verdict (problem is str)"),  # type: ignore[arg-type]
+        (Verdict(Action.RETRY, breaker_failure=1), "malformed Verdict (breaker_failure is int)"),  # type: ignore[arg-type]
+    ],
+    ids=["none", "problem", "breaker_failure"],
+)
+def test_safe_classify_refuses_malformed_answers(
+    answer: Any, fault: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An answer the layers cannot read is logged by the type that is wrong (never
+    its value) and replaced by the status reading."""
+    with caplog.at_level(logging.WARNING, logger="resilience"):
+        verdict = resilience.safe_classify(
+            _answering(answer), REQUEST, httpx.Response(404), None, vendor="acme"
+        )
+    assert verdict.action is Action.FAIL
+    assert verdict.problem is not None
+    assert verdict.problem.code == "404"
+    assert fault in caplog.text
+    assert "busy" not in caplog.text
+
+
+def test_safe_classify_log_line_is_bounded(caplog: pytest.LogCaptureFixture) -> None:
+    """An exception whose text is huge (a parser quoting a body) is cut in the log."""
+    with caplog.at_level(logging.WARNING, logger="resilience"):
+        resilience.safe_classify(
+            _raising("x" * 100_000), REQUEST, httpx.Response(500), None, vendor="acme"
+        )
+    assert caplog.records
+    assert all(len(record.getMessage()) < 400 for record in caplog.records)
+
+
+class SloppyToy(ToyClassifier):
+    """A vendor whose own verdict code builds a Verdict with a text problem."""
+
+    def verdict_for(self, response: httpx.Response, action: Action, parsed: ParsedError) -> Verdict:
+        return Verdict(action, problem="busy")  # type: ignore[arg-type]
+
+
+def test_table_classifier_never_returns_a_malformed_verdict(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A TableClassifier whose subclass answers a malformed Verdict falls back to the
+    status under its own vendor, like one that raised."""
+    with caplog.at_level(logging.WARNING, logger="resilience"):
+        verdict = SloppyToy().classify(REQUEST, httpx.Response(429, json={"err": "busy"}), None)
+    assert verdict.action is Action.RETRY
+    assert verdict.problem is not None
+    assert (verdict.problem.vendor, verdict.problem.status) == ("toy", 429)
+    assert "'toy'" in caplog.text
+    assert "malformed Verdict" in caplog.text
+
+
 # ---- VendorPlugin ------------------------------------------------------------------
 
 
@@ -287,7 +398,7 @@ def test_vendor_plugin_requires_a_classifier() -> None:
     assert repr(plugin) == "<resilience plugin 'toy'>"
     assert plugin.codes == CodeTable({})
     assert plugin.preset is None
-    with pytest.raises(TypeError, match="classify"):
+    with pytest.raises(ConfigurationError, match=r"VendorPlugin: classifier .*classify.*object"):
         VendorPlugin(name="toy", classifier=object())  # type: ignore[arg-type]
 
 

@@ -14,13 +14,18 @@ from typing import Any
 
 import httpx
 
-from resilience import Action, CodeEntry, CodeTable, FieldError, ParsedError, TableClassifier
+from resilience import (
+    MAX_HINT_SECONDS,
+    Action,
+    CodeEntry,
+    CodeTable,
+    FieldError,
+    ParsedError,
+    TableClassifier,
+)
 from resilience import Verdict as _Verdict
 
 __all__ = ["TELLUS_CODES", "TellusClassifier"]
-
-#: The longest wait a ``retry_after_seconds`` may ask for (larger values are clamped).
-MAX_HINT_SECONDS = 86_400.0
 
 TELLUS_CODES = CodeTable(
     {
@@ -92,7 +97,8 @@ class TellusClassifier(TableClassifier):
 
 
 def _retry_after_seconds(details: Mapping[str, Any]) -> float | None:
-    """``details.retry_after_seconds`` when it is a sane number of seconds."""
+    """``details.retry_after_seconds`` when it is a sane number of seconds, clamped
+    to the core's :data:`~resilience.MAX_HINT_SECONDS`."""
     value = details.get("retry_after_seconds")
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None

@@ -16,12 +16,16 @@ import time
 
 import httpx
 
-from resilience import Action, CodeEntry, CodeTable, ParsedError, TableClassifier
+from resilience import (
+    MAX_HINT_SECONDS,
+    Action,
+    CodeEntry,
+    CodeTable,
+    ParsedError,
+    TableClassifier,
+)
 
 __all__ = ["TURRIS_CODES", "TurrisClassifier", "rate_limit_reset"]
-
-#: The longest wait an ``X-RateLimit-Reset`` may ask for (larger ones are clamped).
-MAX_HINT_SECONDS = 86_400.0
 
 #: Unix times before this (September 2001) are read as seconds from now instead:
 #: some gateways send the delta in the same header.
@@ -101,7 +105,7 @@ def rate_limit_reset(response: httpx.Response, *, now: float | None = None) -> f
 
     The reference time is the response's ``Date`` header when valid (so a skewed
     local clock does not matter), else ``now``, else :func:`time.time`. The result
-    is clamped to ``[0, MAX_HINT_SECONDS]``.
+    is clamped to ``[0, resilience.MAX_HINT_SECONDS]``.
     """
     raw = response.headers.get("x-ratelimit-reset")
     if raw is None or len(raw) > 32:
