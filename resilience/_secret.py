@@ -101,12 +101,12 @@ def _needles(secrets: Iterable[str | Secret | None]) -> tuple[str, ...]:
 def mentions(text: str, needles: tuple[str, ...]) -> bool:
     """Whether ``text`` holds a needle, or was cut short (it ends in an ellipsis)
     right after a long enough start of one: a field reader shortened the echo."""
-    cut = text.endswith(("…", "..."))
-    tail = text.rstrip(".…")
+    # Strip exactly one ellipsis: a secret may itself end in dots ("Sx9.…").
+    tails = [text[: -len(mark)] for mark in ("…", "...") if text.endswith(mark)]
     for needle in needles:
         if needle in text:
             return True
-        if cut:
+        for tail in tails:
             for length in range(min(len(needle) - 1, len(tail)), _MIN_TAIL - 1, -1):
                 if tail.endswith(needle[:length]):
                     return True
