@@ -15,27 +15,33 @@ A plugin is mostly data:
 * a :class:`TableClassifier` subclass that joins the two; it never raises and
   falls back to the HTTP status whenever the body is not the vendor's.
 
-The token-flow helpers (:func:`post_for_token`, :func:`jwt_expires_in`) keep each
-plugin's token provider to a few lines, with errors that never carry a secret.
+A plugin's token provider is a :class:`~resilience.VendorToken` subclass that
+declares its flow (``_tokens.py``, with :func:`~resilience.token_from_response`,
+:func:`~resilience.jwt_expires_in` and :func:`~resilience.post_for_token`).
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import math
-import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import attrs
 import httpx
 
-from ._auth import TokenFetchError
-from ._classifier import Classifier, classify_error, classify_status, retry_after_of
+from ._classifier import (
+    Classifier,
+    classify_error,
+    classify_status,
+    retry_after_of,
+    safe_classify,
+)
+from ._lazy import callable_or_lazy, later
+from ._pipeline import BODY_TRUNCATED
 from ._verdict import Action, FieldError, Problem, Verdict
-from .errors import describe_failure
+from .errors import ConfigurationError
 
 __all__ = [
     "MAX_JSON_BYTES",
@@ -45,13 +51,10 @@ __all__ = [
     "TableClassifier",
     "VendorPlugin",
     "int_field",
-    "jwt_claims",
-    "jwt_expires_in",
     "mapping_field",
     "normalize_code",
     "number_field",
     "parse_json_object",
-    "post_for_token",
     "str_field",
     "str_list_field",
 ]
@@ -72,7 +75,7 @@ _MAX_CODE = 200
 
 def _action(value: Any) -> Action:
     if not isinstance(value, Action):
-        raise TypeError(f"CodeEntry: action must be an Action, got {type(value).__name__}")
+        raise ConfigurationError(f"CodeEntry: action must be an Action, got {type(value).__name__}")
     return value
 
 
@@ -80,7 +83,9 @@ def _status(value: Any) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or not 100 <= value <= 599:
-        raise ValueError(f"CodeEntry: status must be an HTTP status (100..599), got {value!r}")
+        raise ConfigurationError(
+            f"CodeEntry: status must be an HTTP status (100..599), got {value!r}"
+        )
     return value
 
 
@@ -165,9 +170,9 @@ class CodeTable(Mapping[str, CodeEntry]):
         for raw_key, raw in entries.items():
             key = normalize_code(raw_key)
             if key is None:
-                raise ValueError(f"CodeTable: {raw_key!r} is not a usable code")
+                raise ConfigurationError(f"CodeTable: {raw_key!r} is not a usable code")
             if key in table:
-                raise ValueError(f"CodeTable: code {key!r} appears twice")
+                raise ConfigurationError(f"CodeTable: code {key!r} appears twice")
             table[key] = raw if isinstance(raw, CodeEntry) else CodeEntry(raw)
         self._entries = table
 
@@ -212,11 +217,15 @@ def parse_json_object(
     never read, more than ``max_bytes``, not JSON (an HTML proxy page), JSON that
     is not an object, nesting too deep for the parser, or numbers too long to
     convert. The size check comes first, so a multi-megabyte body costs nothing.
+    A response whose body the pipeline cut at its cap (``max_body_bytes``) is
+    never parsed either: its first bytes are not the vendor's whole answer.
     """
     try:
         if source is None:
             return None
         if isinstance(source, httpx.Response):
+            if source.extensions.get(BODY_TRUNCATED):
+                return None
             try:
                 raw: bytes | str = source.content
             except httpx.ResponseNotRead:
@@ -377,26 +386,17 @@ class TableClassifier:
         response: httpx.Response | None,
         error: BaseException | None,
     ) -> Verdict:
-        try:
-            if response is None:
-                return classify_error(self.vendor, error if error is not None else Exception())
-            return self._classify_response(request, response)
-        except Exception as exc:
-            logger.warning(
-                "resilience classifier %r failed (%s: %s); using the status-code reading",
-                self.vendor,
-                type(exc).__name__,
-                exc,
-            )
-            return self._fallback(response, error)
+        return safe_classify(self._classify, request, response, error, vendor=self.vendor)
 
-    def _fallback(self, response: httpx.Response | None, error: BaseException | None) -> Verdict:
-        try:
-            if response is not None:
-                return classify_status(self.vendor, response)
+    def _classify(
+        self,
+        request: httpx.Request,
+        response: httpx.Response | None,
+        error: BaseException | None,
+    ) -> Verdict:
+        if response is None:
             return classify_error(self.vendor, error if error is not None else Exception())
-        except Exception:  # pragma: no cover - only a broken response object gets here
-            return Verdict(Action.RETRY, problem=Problem(vendor=self.vendor))
+        return self._classify_response(request, response)
 
     def _classify_response(self, request: httpx.Request, response: httpx.Response) -> Verdict:
         parsed = self.parse(request, response)
@@ -464,7 +464,10 @@ class TableClassifier:
 
 def _has_classify(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     if not callable(getattr(value, "classify", None)):
-        raise TypeError(f"VendorPlugin: {attribute.name} must have a classify() method")
+        raise ConfigurationError(
+            f"VendorPlugin: {attribute.name} must have a classify() method, "
+            f"got {type(value).__name__}"
+        )
 
 
 @attrs.frozen(kw_only=True)
@@ -490,12 +493,18 @@ class VendorPlugin:
     """``(*, client_id, client_secret, base_url, clock=None) -> TokenProvider``."""
     preset: Callable[..., Any] | None = None
     """``(*, auth=None, clock=None, **overrides) -> Pipeline``: what the vendor recommends."""
-    simulator: Callable[..., Any] | None = None
-    """``(*, plan=None, clock=None, client_id=..., client_secret=...) -> ASGI app``."""
-    render_error: Callable[..., httpx.Response] | None = None
+    simulator: Callable[..., Any] | None = attrs.field(
+        default=None, converter=later, validator=callable_or_lazy
+    )
+    """``(*, plan=None, clock=None, client_id=..., client_secret=...) -> ASGI app``.
+    Test tooling: give it as ``"resilience_acme.testing:simulator"`` so it is
+    imported only when called (the demo, the conformance suite)."""
+    render_error: Callable[..., httpx.Response] | None = attrs.field(
+        default=None, converter=later, validator=callable_or_lazy
+    )
     """``(code, status=None) -> httpx.Response``: the vendor's error response for
     ``code`` exactly as the vendor sends it (its documented status unless
-    ``status`` is given)."""
+    ``status`` is given); a ``"module:attribute"`` string, like ``simulator``."""
     probe: str | None = None
     """A GET path of the simulator that needs a valid token and answers success."""
     description: str = ""
@@ -503,124 +512,3 @@ class VendorPlugin:
 
     def __repr__(self) -> str:
         return f"<resilience plugin {self.name!r}>"
-
-
-# --------------------------------------------------------------------------------------
-# Token-flow helpers
-
-
-def jwt_claims(token: str) -> dict[str, Any] | None:
-    """The claims of a JWT, decoded without verifying anything; ``None`` if not one.
-
-    Only for reading ``exp``/``iat``: the vendor verifies the signature, we only
-    want to know when to refresh.
-    """
-    if not isinstance(token, str) or len(token) > 16_384:
-        return None
-    parts = token.split(".")
-    if len(parts) != 3:
-        return None
-    payload = parts[1]
-    try:
-        raw = base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
-    except (ValueError, TypeError):
-        return None
-    return parse_json_object(raw)
-
-
-def jwt_expires_in(
-    token: str, *, now: float | None = None, response: httpx.Response | None = None
-) -> float | None:
-    """Seconds of life left in a JWT, from its ``exp``; ``None`` when it has none.
-
-    The reference time is, in order: the token's own ``iat`` (immune to clock
-    skew between us and the vendor), the response's ``Date`` header, ``now``,
-    then :func:`time.time`. The result is never negative.
-    """
-    claims = jwt_claims(token)
-    exp = number_field(claims, "exp")
-    if exp is None:
-        return None
-    reference = number_field(claims, "iat")
-    if reference is None and response is not None:
-        from ._classifier import response_date
-
-        reference = response_date(response)
-    if reference is None:
-        reference = time.time() if now is None else now
-    return max(exp - reference, 0.0)
-
-
-async def post_for_token(
-    http: httpx.AsyncClient,
-    url: str,
-    *,
-    json_body: Mapping[str, Any],
-    classifier: Classifier,
-    expect: tuple[int, ...] = (200,),
-    what: str = "token request",
-) -> tuple[dict[str, Any], httpx.Response]:
-    """POST a JSON token request; return the JSON object answered, and the response.
-
-    Every failure raises :class:`~resilience.TokenFetchError` (an
-    :class:`~resilience.errors.AuthenticationError`): a transport error, or a
-    status outside ``expect`` (its problem and its ``transient`` flag come from
-    ``classifier``, so a vendor's rate-limit or server error is transient and
-    ``AuthRefresh`` lets a Retry layer try again), or an answer that is not a JSON
-    object. The error does not carry the token request (its body holds the
-    secret); messages name the vendor's problem (code, request id), never the
-    request body: values under keys naming a secret are also scrubbed from the
-    vendor's text, in case it echoes them.
-    """
-    vendor = str(getattr(classifier, "vendor", "vendor"))
-    hidden = [
-        str(value)
-        for key, value in json_body.items()
-        if any(word in key.lower() for word in ("secret", "password")) and value
-    ]
-    request = http.build_request(
-        "POST", url, json=dict(json_body), headers={"Accept": "application/json"}
-    )
-    try:
-        response = await http.send(request)
-        try:
-            await response.aread()
-        finally:
-            await response.aclose()
-    except httpx.TransportError as exc:
-        raise TokenFetchError(
-            f"{vendor} {what} failed: {type(exc).__name__}",
-            transient=True,
-            problem=Problem(vendor=vendor, code=type(exc).__name__, title=f"{what} failed"),
-        ) from None
-    data = parse_json_object(response)
-    if response.status_code in expect and data is not None:
-        return data, response
-    transient = False
-    retry_after: float | None = None
-    problem: Problem | None = None
-    if response.status_code in expect:
-        problem = Problem(
-            vendor=vendor,
-            status=response.status_code,
-            code="invalid_token_response",
-            title="the answer is not a JSON object",
-        )
-    else:
-        try:
-            verdict = classifier.classify(request, response, None)
-        except Exception:  # a broken classifier: report the status alone
-            verdict = Verdict(Action.FAIL)
-        problem = verdict.problem
-        transient = verdict.action is Action.RETRY
-        retry_after = verdict.retry_after if transient else None
-        if problem is None:
-            problem = Problem(vendor=vendor, status=response.status_code)
-        elif any(h in (problem.title or "") + (problem.detail or "") for h in hidden):
-            problem = attrs.evolve(problem, title=None, detail=None)
-    raise TokenFetchError(
-        describe_failure(what, problem),
-        transient=transient,
-        retry_after=retry_after,
-        problem=problem,
-    )

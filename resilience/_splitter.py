@@ -47,6 +47,14 @@ given). Only ``split`` is required; each optional method unlocks one step:
     Fold the payload of a narrowed answer into the payload so far. Keep the
     order stable and drop duplicates. The default is :func:`merge_json`.
 
+``covers(request, parts) -> Iterable[str]`` (optional)
+    Which of ``parts`` a full (``ACCEPT``) answer to ``request`` vouches for.
+    ``parts`` are the parts that failed before on the request's path; each one
+    returned counts a success in its breaker, so a part's circuit closes again
+    once full answers come back (a partial answer counts the same for the parts
+    it covers and does not name as failed). The default is all of them: a full
+    answer on a path covers every part that path ever reported.
+
 ``render(request, response, payload, failures) -> httpx.Response`` (optional)
     Build the response handed to the caller from the merged payload and the
     parts that still failed (e.g. to write them back into the vendor's own
@@ -55,8 +63,12 @@ given). Only ``split`` is required; each optional method unlocks one step:
 
 Any of these that raises is logged and treated as missing (``split``: the
 response passes up unsplit; ``narrow``: the part is not re-asked; ``merge``: the
-part's payload is dropped and the part keeps its failure; ``render``: the
-default JSON rendering is used).
+part's payload is dropped and the part keeps its failure; ``covers``: no part is
+counted; ``render``: the default JSON rendering is used). A ``SPLIT`` that cannot
+be split (``split`` returned ``None`` or raised: a body too large to read whole,
+one the splitter does not understand) is never passed off as complete: it is
+logged as a warning, and with ``strict=True`` it raises
+:class:`~resilience.errors.PartialFailureError`.
 """
 
 from __future__ import annotations
@@ -72,7 +84,7 @@ import httpx
 
 from . import _validate as v
 from ._events import PartialFailureReported, RetryScheduled
-from ._pipeline import Call, CallNext, Outcome, PipelineEnv
+from ._pipeline import Call, CallNext, Outcome, PipelineEnv, well_formed
 from ._report import PartialReport
 from ._retry import MIN_HINT_CAP, Backoff, ExponentialBackoff, TokenBucket
 from ._verdict import ACCEPT, Action, Problem, Verdict
@@ -93,6 +105,9 @@ _BODY_HEADERS = frozenset({"content-length", "content-encoding", "transfer-encod
 
 #: Part keys longer than this are not parts (a garbage body), and are ignored.
 _MAX_PART_KEY = 200
+#: Paths, and parts per path, remembered as having failed (see ``covers``).
+_MAX_TRACKED_PATHS = 256
+_MAX_TRACKED_PARTS = 256
 
 
 def _failures(value: Mapping[str, Verdict] | Iterable[tuple[str, Verdict]]) -> dict[str, Verdict]:
@@ -315,10 +330,19 @@ class _SplitterHandler:
     cap: float
     bucket: TokenBucket | None
     registry: Any
+    tracked: dict[str, dict[str, None]] = attrs.field(factory=dict)
+    """Request path -> the parts that failed on it (oldest first): what a full
+    answer on that path covers."""
 
     async def __call__(self, request: httpx.Request, call: Call, call_next: CallNext) -> Outcome:
         outcome = await call_next(request, call)
         if outcome.verdict.action is not Action.SPLIT or outcome.response is None:
+            if (
+                self.tracked
+                and outcome.verdict.action is Action.ACCEPT
+                and outcome.response is not None
+            ):
+                self._vouch(request, ())
             return outcome
         splitter = self.config.splitter if self.config.splitter is not None else self.env.classifier
         if not callable(getattr(splitter, "split", None)):
@@ -339,7 +363,7 @@ class _SplitterHandler:
         outcome: Outcome,
         splitter: Any,
     ) -> Outcome:
-        view = await outcome.read_view()
+        view = await outcome.read_view(self.env.max_body_bytes)
         if view is None:
             # The body could not be read (read_view closed the response): there is
             # nothing to deliver, and the layers below are done retrying.
@@ -348,13 +372,16 @@ class _SplitterHandler:
             return Outcome(request, Verdict(Action.RETRY, problem=problem), error=unread)
         first = self._split(splitter, request, view, outcome.verdict)
         if first is None:
-            return outcome
+            return await self._unsplit(request, call, outcome, view)
         call.report.partial = PartialReport()
         if not first.failures:
             self._observe_all({}, first.succeeded)
+            self._vouch(request, first.succeeded)
             return Outcome(request, ACCEPT, response=outcome.response, view=view)
         state = _Round(payload=first.payload, failures=dict(first.failures))
         self._observe_all(state.failures, first.succeeded)
+        self._vouch(request, {*state.failures, *first.succeeded})
+        self._track(request, state.failures)
         await self._rounds(request, call, call_next, splitter, state)
 
         merged = self._render(splitter, request, view, state)
@@ -372,14 +399,37 @@ class _SplitterHandler:
         if self.config.strict:
             await merged.aread()
             problem = self._problem(view, failures)
-            message = describe_failure(
-                "PartialFailureError", problem, _describe_parts(failures, state.recovered)
-            )
+            message = describe_failure(None, problem, _describe_parts(failures, state.recovered))
             error = PartialFailureError(
                 message, request=request, response=merged, problem=problem, report=call.report
             )
             return Outcome(request, outcome.verdict, error=error)
         return Outcome(request, outcome.verdict, response=merged)
+
+    async def _unsplit(
+        self, request: httpx.Request, call: Call, outcome: Outcome, view: httpx.Response
+    ) -> Outcome:
+        """A SPLIT nobody could split: passed up as it came, but never silently."""
+        verdict = outcome.verdict
+        logger.warning(
+            "resilience splitter: a %s response (%s) could not be split; it is passed "
+            "up as it came, and its failed parts are unknown",
+            verdict.action.value,
+            verdict.reason,
+        )
+        if not self.config.strict:
+            return outcome
+        problem = verdict.problem
+        if problem is None:
+            problem = Problem(vendor=self.env.vendor, status=view.status_code)
+        message = describe_failure(
+            "PartialFailureError", problem, "the response could not be split"
+        )
+        error = PartialFailureError(
+            message, request=request, response=view, problem=problem, report=call.report
+        )
+        await outcome.aclose()
+        return Outcome(request, verdict, error=error)
 
     async def _rounds(
         self,
@@ -527,7 +577,7 @@ class _SplitterHandler:
         verdict = outcome.verdict
         try:
             if verdict.action in (Action.ACCEPT, Action.SPLIT) and outcome.response is not None:
-                view = await outcome.read_view()
+                view = await outcome.read_view(self.env.max_body_bytes)
                 answer = None if view is None else self._split(splitter, narrowed, view, verdict)
                 if answer is None:
                     # An answer we cannot read adds nothing: the parts keep their
@@ -593,9 +643,7 @@ class _SplitterHandler:
         failures = {
             part: verdict
             for part, verdict in result.failures.items()
-            if isinstance(part, str)
-            and 0 < len(part) <= _MAX_PART_KEY
-            and isinstance(verdict, Verdict)
+            if isinstance(part, str) and 0 < len(part) <= _MAX_PART_KEY and well_formed(verdict)
         }
         if len(failures) != len(result.failures):
             logger.warning("resilience splitter: split() returned malformed parts; ignored them")
@@ -719,6 +767,58 @@ class _SplitterHandler:
                 failures[part] = open_circuit_verdict(self.env.vendor, self._key(part), wait)
         for part in succeeded:
             if part not in failures:
+                self._try(part, ACCEPT)
+
+    def _track(self, request: httpx.Request, failures: Mapping[str, Verdict]) -> None:
+        """Remember the parts that failed on the request's path (bounded, oldest out)."""
+        if self.registry is None:
+            return
+        path = request.url.path
+        parts = self.tracked.pop(path, None)
+        if parts is None:
+            parts = {}
+            if len(self.tracked) >= _MAX_TRACKED_PATHS:
+                del self.tracked[next(iter(self.tracked))]
+        self.tracked[path] = parts  # the most recent path last
+        for part in failures:
+            parts.pop(part, None)
+            parts[part] = None
+            if len(parts) > _MAX_TRACKED_PARTS:
+                del parts[next(iter(parts))]
+
+    def _vouch(self, request: httpx.Request, counted: Collection[str]) -> None:
+        """Count a success for every part a healthy answer covers (see ``covers``).
+
+        Parts that failed on this path before are covered; ``counted`` are the parts
+        this answer already recorded (its failed parts, the parts it named as
+        working), each counted once. A circuit
+        that is open does not count it (it waits out its break); a half-open one
+        takes it as a probe, so full answers close it again.
+        """
+        if self.registry is None:
+            return
+        known = self.tracked.get(request.url.path)
+        if not known:
+            return
+        parts = tuple(part for part in known if part not in counted)
+        if not parts:
+            return
+        splitter = self.config.splitter if self.config.splitter is not None else self.env.classifier
+        covers = getattr(splitter, "covers", None)
+        if callable(covers):
+            try:
+                covered = [part for part in covers(request, parts) if part in known]
+            except Exception as exc:
+                logger.warning(
+                    "resilience splitter: covers() raised %s: %s; no part counted",
+                    type(exc).__name__,
+                    exc,
+                )
+                return
+        else:
+            covered = list(parts)
+        for part in covered:
+            if part not in counted:
                 self._try(part, ACCEPT)
 
     def _try(self, part: str, verdict: Verdict) -> float | None:

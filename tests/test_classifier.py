@@ -10,6 +10,7 @@ import pytest
 
 from resilience import Action, Classifier, FieldError, HttpClassifier, Problem, Verdict
 from resilience._classifier import classify_error, classify_status
+from resilience.errors import ConfigurationError
 
 REQUEST = httpx.Request("GET", "https://api.test/x")
 HTTP = HttpClassifier()
@@ -176,8 +177,8 @@ def test_verdict_rejects_bad_retry_after(bad: object) -> None:
 
 
 def test_verdict_requires_an_action() -> None:
-    """The action must be an Action member."""
-    with pytest.raises(TypeError):
+    """The action must be an Action member (a ConfigurationError naming it)."""
+    with pytest.raises(ConfigurationError, match="action"):
         Verdict("retry")  # type: ignore[arg-type]
 
 
@@ -200,7 +201,7 @@ def test_problem_fields_and_describe() -> None:
     long = Problem(vendor="v", title="t" * 500).describe()
     assert len(long) < 140
     assert long.endswith("…'")
-    with pytest.raises(TypeError, match="details"):
+    with pytest.raises(ConfigurationError, match="details"):
         Problem(vendor="v", details=[1, 2])  # type: ignore[arg-type]
 
 

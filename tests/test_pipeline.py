@@ -193,7 +193,7 @@ def test_bad_layers_fail_at_construction() -> None:
         Pipeline("Retry")  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError, match="clock"):
         Pipeline([], clock=object())  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match="classify"):
+    with pytest.raises(ConfigurationError, match="classify"):
         Pipeline([], classifier=object())  # type: ignore[arg-type]
 
 
@@ -708,3 +708,127 @@ async def test_through_builds_a_transport_for_tests() -> None:
     assert through(inner, telemetry=True).pipeline.env.instrument is not None
     own = VirtualClock()
     assert through(inner, clock=own, raise_on_failure=False).pipeline.clock is own
+
+
+# -- malformed verdicts --------------------------------------------------------------
+
+
+def _malformed_verdicts() -> list[Verdict]:
+    problem_is_text = Verdict(Action.RETRY, problem="rate limited")  # type: ignore[arg-type]
+    flag_is_text = Verdict(Action.RETRY, breaker_failure="yes")  # type: ignore[arg-type]
+    action_is_text = Verdict(Action.RETRY)
+    object.__setattr__(action_is_text, "action", "retry")
+    negative_wait = Verdict(Action.RETRY)
+    object.__setattr__(negative_wait, "retry_after", -5.0)
+    return [problem_is_text, flag_is_text, action_is_text, negative_wait]
+
+
+@pytest.mark.parametrize(
+    "malformed", _malformed_verdicts(), ids=["problem", "breaker_failure", "action", "retry_after"]
+)
+async def test_a_malformed_verdict_falls_back_to_the_status(
+    malformed: Verdict, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A Verdict whose problem is no Problem (or any other malformed field) is the
+    documented fallback: logged, and the status-code reading is used; the call does
+    not crash with AttributeError."""
+
+    class Sloppy:
+        vendor = "sloppy"
+
+        def classify(self, request: Any, response: Any, error: Any) -> Verdict:
+            return malformed
+
+    inner = ScriptedTransport.of(reply(404, json={"message": "nope"}))
+    transport = transport_for(inner, Retry(backoff=ONE), CircuitBreaker(), classifier=Sloppy())
+    with caplog.at_level(logging.WARNING, logger="resilience"):
+        async with httpx.AsyncClient(transport=transport) as client:
+            with pytest.raises(PermanentError) as info:
+                await client.get(URL)
+    assert "malformed Verdict" in caplog.text
+    assert info.value.problem is not None
+    assert info.value.problem.status == 404
+    assert [v.reason for v in info.value.report.verdicts] == ["404"]
+    assert inner.unclosed() == []
+
+
+# -- hooks ---------------------------------------------------------------------------
+
+
+async def _one_retry(pipeline_hooks: Any) -> httpx.Response:
+    inner = ScriptedTransport.of(reply(503), reply(200))
+    transport = transport_for(inner, Retry(backoff=ONE), hooks=pipeline_hooks)
+    async with httpx.AsyncClient(transport=transport) as client:
+        return await client.get(URL)
+
+
+async def test_a_single_callable_is_accepted_as_hooks() -> None:
+    """``hooks=print``-style: one callable is taken as the only hook."""
+    seen: list[Any] = []
+    response = await _one_retry(seen.append)
+    assert response.status_code == 200
+    assert [type(event).__name__ for event in seen] == ["RetryScheduled"]
+
+
+class AsyncCallable:
+    """An object whose __call__ is a coroutine function."""
+
+    async def __call__(self, event: Any) -> None:  # pragma: no cover - never called
+        return None
+
+
+async def _async_hook(event: Any) -> None:  # pragma: no cover - never called
+    return None
+
+
+async def _async_gen_hook(event: Any) -> AsyncIterator[None]:  # pragma: no cover
+    yield None
+
+
+@pytest.mark.parametrize(
+    "hook",
+    [_async_hook, AsyncCallable(), _async_gen_hook],
+    ids=["async def", "async __call__", "async generator"],
+)
+def test_an_async_hook_is_refused_when_the_pipeline_is_built(hook: Any) -> None:
+    """An async hook would never run (hooks are called, not awaited): the pipeline
+    refuses it with a ConfigurationError naming ``hooks``."""
+    with pytest.raises(ConfigurationError, match=r"hooks\[1\].*async"):
+        Pipeline([], hooks=[print, hook], telemetry=False)
+    with pytest.raises(ConfigurationError, match=r"hooks\[0\].*async"):
+        Pipeline([], hooks=hook, telemetry=False)
+
+
+@pytest.mark.parametrize("bad", [42, "print", [print, None]], ids=["int", "str", "not callable"])
+def test_hooks_that_are_not_callables_are_refused(bad: Any) -> None:
+    """Anything but a callable or a sequence of callables fails with a
+    ConfigurationError naming ``hooks``."""
+    with pytest.raises(ConfigurationError, match="hooks"):
+        Pipeline([], hooks=bad, telemetry=False)
+
+
+async def test_a_hook_returning_a_coroutine_is_closed_and_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A sync hook that hands back a coroutine (a lambda around an async function):
+    the coroutine is closed (no "never awaited" warning; pytest turns it into an
+    error), the call goes on, and one warning is logged for that hook."""
+    ran: list[Any] = []
+
+    async def record(event: Any) -> None:  # pragma: no cover - closed unawaited
+        ran.append(event)
+
+    def hook(event: Any) -> Any:
+        return record(event)
+
+    inner = ScriptedTransport.of(reply(503), reply(503), reply(200))
+    transport = transport_for(inner, Retry(max_attempts=3, backoff=ONE), hooks=[hook])
+    with caplog.at_level(logging.WARNING, logger="resilience"):
+        async with httpx.AsyncClient(transport=transport) as client:
+            response = await client.get(URL)
+        gc.collect()
+    assert response.status_code == 200
+    assert response.extensions["resilience"].retries == 2
+    assert ran == []
+    warnings = [r for r in caplog.records if "returned an awaitable" in r.getMessage()]
+    assert len(warnings) == 1

@@ -507,7 +507,7 @@ GARBAGE: list[tuple[str, Handler]] = [
     ("array", lambda r: reply(200, json=[{"id": "tesla-0"}])),
     ("html", lambda r: reply(200, content=b"<html>bad gateway</html>")),
     ("not utf-8", lambda r: reply(200, content=b'{"sites": ["\xff\xfe"], "errors": {}}')),
-    ("huge", lambda r: reply(200, content=b'{"sites": [' + b'"x",' * 400_000 + b'"x"]}')),
+    ("huge array", lambda r: reply(200, content=b"[" + b'"x",' * 400_000 + b'"x"]')),
     ("deep", lambda r: reply(200, content=b'{"sites": ' + b"[" * 100_000 + b"]" * 100_000 + b"}")),
     ("empty", lambda r: reply(200, content=b"")),
 ]

@@ -13,7 +13,8 @@ from typing import Any
 import httpx
 import pytest
 import resilience_derapi
-from resilience_derapi import Backend, DerapiSimulator, type_uri
+from resilience_derapi import type_uri
+from resilience_derapi.testing import Backend, DerapiSimulator
 
 import resilience
 from resilience import Action, CircuitBreaker, ExponentialBackoff, PartialFailureSplitter

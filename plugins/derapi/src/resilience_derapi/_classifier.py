@@ -26,6 +26,7 @@ import attrs
 import httpx
 
 from resilience import (
+    IDEMPOTENT_METHODS,
     Action,
     CodeEntry,
     CodeTable,
@@ -35,6 +36,7 @@ from resilience import (
     Verdict,
     classify_error,
     classify_status,
+    is_idempotent,
     parse_json_object,
     render_json,
     retry_after_of,
@@ -42,8 +44,10 @@ from resilience import (
 
 __all__ = [
     "BACKEND_ERROR_NAMES",
+    "BODY_TOO_LARGE",
     "DERAPI_CODES",
     "IDEMPOTENT_METHODS",
+    "MAX_PAGE_BYTES",
     "TYPE_PREFIX",
     "DerapiClassifier",
     "backend_verdict",
@@ -122,16 +126,20 @@ the string and followed by its end or a non-alphanumeric character
 the name is ever read. A string with no known name is RETRY (see
 :func:`backend_verdict`)."""
 
-IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
-"""Methods a Derapi Internal Error may be retried for (besides requests that carry
-an ``Idempotency-Key``)."""
-
 #: Where internal errors are counted when a body stream cannot be weakly referenced.
 INTERNAL_ERRORS_EXTENSION = "resilience.derapi.internal_errors"
 
 #: Backend keys the splitter may put in a ``vendor`` filter (the SDK's Vendor enum
 #: is lower-case words; anything else in an ``errors`` object is not narrowed).
 _VENDOR_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
+#: What the pipeline marks a body it cut at its cap with (``Pipeline(max_body_bytes=...)``).
+_BODY_TRUNCATED = "resilience.body_truncated"
+MAX_PAGE_BYTES = 256 << 20
+"""The largest list page parsed for its ``errors`` (the pipeline's ``max_body_bytes``,
+16 MiB by default, is usually the tighter bound). A page that is not read whole is
+FAIL (``body_too_large``): never accepted with failures nobody looked at."""
+BODY_TOO_LARGE = "body_too_large"
+"""The ``Problem.code`` of a success page too large to check for failed backends."""
 #: Most backends tracked from one ``errors`` object (a garbage body may hold more;
 #: the rest stay in the rendered ``errors`` as Derapi gave them).
 _MAX_BACKENDS = 1000
@@ -284,13 +292,6 @@ def _says_token_expired(body: dict[str, Any] | None) -> bool:
     return False
 
 
-def _is_idempotent(request: httpx.Request) -> bool:
-    if request.method.upper() in IDEMPOTENT_METHODS:
-        return True
-    headers = request.headers
-    return "idempotency-key" in headers or "x-idempotency-key" in headers
-
-
 class DerapiClassifier:
     """Reads Derapi's answers; also splits, narrows and renders partial lists.
 
@@ -302,7 +303,7 @@ class DerapiClassifier:
     * ``backend-server-error``, ``network-timeout``, ``too-many-requests``
       (``Retry-After`` honoured): RETRY;
     * ``derapi-internal-error``: RETRY for idempotent requests (GET, HEAD,
-      OPTIONS, PUT, DELETE, TRACE, or an ``Idempotency-Key``), at most
+      OPTIONS, PUT, DELETE, TRACE, or a non-empty ``Idempotency-Key``), at most
       :attr:`internal_error_retries` times per request, then FAIL; FAIL at once
       otherwise. A classifier cannot see the call, so it counts per logical
       request, keyed (weakly) by the request's body stream: ``Retry`` replays the
@@ -372,21 +373,9 @@ class DerapiClassifier:
 
     def _classify_response(self, request: httpx.Request, response: httpx.Response) -> Verdict:
         status = response.status_code
-        body = parse_json_object(response)
         if status < 400:
-            failed = body.get("errors") if body is not None and 200 <= status < 300 else None
-            if isinstance(failed, dict) and failed:
-                names = [name for name in list(failed)[:_MAX_BACKENDS] if isinstance(name, str)]
-                problem = Problem(
-                    vendor=VENDOR,
-                    status=status,
-                    code="partial-success",
-                    title=f"{len(failed)} backend(s) failed",
-                    details={"backends": names},
-                )
-                # Derapi itself answered: the host's breaker counts a success.
-                return Verdict(Action.SPLIT, problem=problem, breaker_failure=False)
-            return classify_status(VENDOR, response)
+            return self._success(response)
+        body = parse_json_object(response)
         parsed = _problem_body(body)
         request_id = response.headers.get("x-request-id") or None
         code = canonical_type(parsed.type) if parsed is not None else None
@@ -423,6 +412,41 @@ class DerapiClassifier:
             return Verdict(Action.REFRESH_AUTH, problem=problem)
         return classify_status(VENDOR, response, **fields)
 
+    def _success(self, response: httpx.Response) -> Verdict:
+        """A 2xx/3xx: ACCEPT, or SPLIT when its ``errors`` object names failed backends.
+
+        The whole page is read for that, however large, up to :data:`MAX_PAGE_BYTES`;
+        a page the pipeline cut at its cap, or larger than that, is FAIL
+        (``body_too_large``) rather than an ACCEPT that may hide failed backends.
+        """
+        status = response.status_code
+        if not 200 <= status < 300:
+            return classify_status(VENDOR, response)
+        if _cut_short(response):
+            return _too_large(response)
+        try:
+            content = response.content
+        except httpx.ResponseNotRead:
+            return classify_status(VENDOR, response)
+        if b'"errors"' not in content and b"\\u" not in content:
+            # No "errors" member can be in there (not even spelt with escapes): no
+            # need to parse a page of many megabytes to know it.
+            return classify_status(VENDOR, response)
+        body = parse_json_object(content, max_bytes=MAX_PAGE_BYTES)
+        failed = body.get("errors") if body is not None else None
+        if isinstance(failed, dict) and failed:
+            names = [name for name in list(failed)[:_MAX_BACKENDS] if isinstance(name, str)]
+            problem = Problem(
+                vendor=VENDOR,
+                status=status,
+                code="partial-success",
+                title=f"{len(failed)} backend(s) failed",
+                details={"backends": names},
+            )
+            # Derapi itself answered: the host's breaker counts a success.
+            return Verdict(Action.SPLIT, problem=problem, breaker_failure=False)
+        return classify_status(VENDOR, response)
+
     def _own_token_rejected(
         self, status: int, body: dict[str, Any] | None, response: httpx.Response
     ) -> bool:
@@ -438,7 +462,7 @@ class DerapiClassifier:
         self, request: httpx.Request, response: httpx.Response, problem: Problem
     ) -> Verdict:
         action = Action.FAIL
-        if _is_idempotent(request) and self._count_internal_error(request) <= (
+        if is_idempotent(request) and self._count_internal_error(request) <= (
             self.internal_error_retries
         ):
             action = Action.RETRY
@@ -473,7 +497,9 @@ class DerapiClassifier:
         holds the ``vendor`` of the items returned (and the ``vendor`` filter of a
         narrowed request that came back clean).
         """
-        body = parse_json_object(response)
+        if _cut_short(response):
+            return None
+        body = parse_json_object(response, max_bytes=MAX_PAGE_BYTES)
         if body is None:
             return None
         failures: dict[str, Verdict] = {}
@@ -501,6 +527,18 @@ class DerapiClassifier:
             failures=failures,
             succeeded=frozenset(succeeded - set(failures)),
         )
+
+    def covers(self, request: httpx.Request, parts: tuple[str, ...]) -> tuple[str, ...]:
+        """The backends a full answer to ``request`` vouches for, among ``parts``.
+
+        ``parts`` are backends that failed on the same list before; a full answer
+        (an empty ``errors``) asked every backend, unless the ``vendor`` filter
+        named one.
+        """
+        asked = request.url.params.get("vendor")
+        if asked:
+            return (asked,) if asked in parts else ()
+        return parts
 
     def narrow(self, request: httpx.Request, parts: tuple[str, ...]) -> httpx.Request | None:
         """The same list request for one backend (``vendor=<part>``), or ``None``.
@@ -543,6 +581,39 @@ class DerapiClassifier:
                 errors.update((k, v) for k, v in untracked.items() if k not in errors)
             payload["errors"] = errors
         return render_json(request, response, payload)
+
+
+def _cut_short(response: httpx.Response) -> bool:
+    """Whether the body seen is not the whole page (cut at the pipeline's cap, or huge)."""
+    if response.extensions.get(_BODY_TRUNCATED):
+        return True
+    try:
+        return len(response.content) > MAX_PAGE_BYTES
+    except httpx.ResponseNotRead:
+        return False
+
+
+def _too_large(response: httpx.Response) -> Verdict:
+    """FAIL for a success page whose ``errors`` could not be read, or the status's
+    reading when the body is no JSON object (nothing to check in it)."""
+    try:
+        head = response.content[:80].lstrip().removeprefix(b"\xef\xbb\xbf").lstrip()
+    except httpx.ResponseNotRead:
+        head = b""
+    if head[:1] != b"{":
+        return classify_status(VENDOR, response)
+    problem = Problem(
+        vendor=VENDOR,
+        status=response.status_code,
+        code=BODY_TOO_LARGE,
+        title="Page too large to check for failed backends",
+        detail=(
+            "the page is larger than the pipeline reads (Pipeline(max_body_bytes=...)), "
+            "so its errors object was not read; raise the limit or ask for smaller pages"
+        ),
+    )
+    # Derapi answered; the page size is ours to change, not the host's failure.
+    return Verdict(Action.FAIL, problem=problem, breaker_failure=False)
 
 
 def _message(verdict: Verdict) -> str:
