@@ -338,7 +338,7 @@ class _AuthHandler:
                 return obtained
             got = obtained
         token, generation = got
-        outcome = await call_next(self._attach(request, token), call)
+        outcome = await call_next(self._attach(request, token, call), call)
         if outcome.verdict.action is not Action.ACCEPT:
             self._withhold(outcome, call, token)
         if outcome.verdict.action is not Action.REFRESH_AUTH:
@@ -357,7 +357,7 @@ class _AuthHandler:
         if isinstance(obtained, Outcome):
             return obtained
         self.replayed.add(call)
-        outcome = await call_next(self._attach(request, obtained[0]), call)
+        outcome = await call_next(self._attach(request, obtained[0], call), call)
         if outcome.verdict.action is not Action.ACCEPT:
             self._withhold(outcome, call, obtained[0])
         if outcome.verdict.action is Action.REFRESH_AUTH:
@@ -422,7 +422,10 @@ class _AuthHandler:
             f" request_id={problem.request_id}" if problem and problem.request_id else "",
         )
 
-    def _attach(self, request: httpx.Request, token: Token) -> httpx.Request:
+    def _attach(self, request: httpx.Request, token: Token, call: Call) -> httpx.Request:
+        if call.trace is not None:
+            # Telemetry writes the attempt's span before _withhold cleans the outcome.
+            self.env.instrument.withhold(call, token.value)
         # A copy: the caller's request (which Retry may send again) never holds a token.
         headers = request.headers.copy()
         headers[self.config.header] = self.prefix + token.value

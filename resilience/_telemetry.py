@@ -18,6 +18,13 @@ dictionary, no context change. The global providers are resolved lazily (one may
 set after import, or after the pipeline was built); providers passed to the
 pipeline are used as given.
 
+What a sampler sees. The attributes the HTTP conventions want at creation (method,
+``server.address``, ``server.port``, ``url.full``, the resend count) and the
+pipeline's identity (``resilience.vendor``, ``resilience.pipeline``) are given to
+``start_span``; what only the answer tells is added as the attempt ends. A token
+``AuthRefresh`` attached is registered on the call (:meth:`Instrumentation.withhold`),
+because the attempt's span is written before that layer cleans what a vendor echoed.
+
 Next to ``opentelemetry-instrumentation-httpx``. Its global ``instrument()``
 patches ``httpx.AsyncHTTPTransport``, the inner transport: its CLIENT span then
 nests under this module's attempt span (the attempt's context is made current
@@ -45,11 +52,16 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from . import errors
 from ._events import (
+    CallHeld,
+    CallReleased,
     CircuitStateChanged,
     Event,
     PartialFailureReported,
     RetryScheduled,
 )
+from ._http import DEFAULT_PORTS
+from ._secret import WITHHELD, _needles, mentions
+from ._telemetry_names import DEFAULT_KNOWN_METHODS, known_methods_from_env
 from ._verdict import Action
 
 if TYPE_CHECKING:
@@ -94,7 +106,9 @@ SERVER_ADDRESS = "server.address"
 SERVER_PORT = "server.port"
 URL_FULL = "url.full"
 ERROR_TYPE = "error.type"
+PROTOCOL_VERSION = "network.protocol.version"
 VENDOR = "resilience.vendor"
+PIPELINE = "resilience.pipeline"
 OUTCOME = "resilience.outcome"
 ATTEMPT_COUNT = "resilience.attempt.count"
 VERDICT = "resilience.verdict"
@@ -115,12 +129,16 @@ REFRESH_SPAN = "resilience.auth.refresh"
 RETRY_EVENT = "resilience.retry"
 BREAKER_EVENT = "resilience.circuit_breaker.state_change"
 PARTIAL_EVENT = "resilience.partial"
+HOLD_EVENT = "resilience.hold"
+RELEASE_EVENT = "resilience.hold.release"
+HOLD_KEY = "resilience.hold.key"
+HOLD_COUNT = "resilience.hold.count"
+HOLD_WAITED = "resilience.hold.waited"
+HOLD_OUTCOME = "resilience.hold.outcome"
 
-# The methods the HTTP conventions know; any other is reported as ``_OTHER``.
-KNOWN_METHODS = frozenset(
-    {"CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "QUERY", "TRACE"}
-)
-DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+# The methods the HTTP conventions know; any other is reported as ``_OTHER``
+# (``Pipeline(known_methods=...)`` or OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS replace them).
+KNOWN_METHODS = DEFAULT_KNOWN_METHODS
 
 # Query parameters whose values never leave the process: exact names, and name
 # fragments (``X-Amz-Security-Token``, ``subscription_api_key``, ``refresh_token``).
@@ -314,7 +332,9 @@ def redact_url(url: httpx.URL) -> str:
     whose name looks secret (``token``, ``access_token``, ``api_key``, ``key``,
     ``sig``, ``signature``, ``password``, ``secret``, ``client_secret``, ``code``,
     ``AWSAccessKeyId`` and names containing ``token``, ``secret``, ``signature``, ...) becomes
-    ``REDACTED``; the fragment is dropped (it is never sent).
+    ``REDACTED``. The fragment is kept, as the conventions ask (it is never sent,
+    but it is known), with the same rule for its ``name=value`` pairs: an OAuth
+    implicit grant returns ``#access_token=...``.
 
     Args:
         url: the request's URL.
@@ -326,8 +346,14 @@ def redact_url(url: httpx.URL) -> str:
     userinfo = f"{REDACTED}:{REDACTED}@" if url.userinfo else ""
     text = f"{url.scheme}://{userinfo}{url.netloc.decode('ascii', 'replace')}{raw_path}"
     if query:
-        text += "?" + "&".join(_redact_pair(pair) for pair in query.split("&"))
+        text += "?" + _redact_pairs(query)
+    if url.fragment:
+        text += "#" + _redact_pairs(str(url).partition("#")[2])  # as sent: still encoded
     return text
+
+
+def _redact_pairs(text: str) -> str:
+    return "&".join(_redact_pair(pair) for pair in text.split("&"))
 
 
 def _redact_pair(pair: str) -> str:
@@ -346,11 +372,50 @@ def _is_sensitive(name: str) -> bool:
     return any(part in flat for part in SENSITIVE_QUERY_PARTS)
 
 
-def _method_name(method: str) -> tuple[str, str]:
+def _method_name(method: str, known: frozenset[str] = KNOWN_METHODS) -> tuple[str, str]:
     """The span name and the ``http.request.method`` value of ``method``."""
-    if method in KNOWN_METHODS:
+    if method in known:
         return method, method
     return "HTTP", "_OTHER"
+
+
+def _method_attributes(
+    method: str, known: frozenset[str], attributes: dict[str, AttributeValue]
+) -> str:
+    """Write ``http.request.method`` (and the original of an unknown one); return the span name."""
+    name, value = _method_name(method, known)
+    attributes[HTTP_METHOD] = value
+    if value == "_OTHER":
+        attributes[HTTP_METHOD_ORIGINAL] = method
+    return name
+
+
+# httpx's ``http_version`` values (from httpcore), as ``network.protocol.version``.
+_PROTOCOL_VERSIONS = {b"HTTP/1.1": "1.1", b"HTTP/2": "2", b"HTTP/1.0": "1.0", b"HTTP/3": "3"}
+
+
+def _protocol_version(response: httpx.Response) -> str | None:
+    """``network.protocol.version`` of ``response``: "HTTP/2" -> "2".
+
+    Read as ``response.http_version`` reads it (a response with no
+    ``http_version`` extension, from a mock say, is HTTP/1.1), which is also what
+    opentelemetry-instrumentation-httpx records. An unexpected value is kept only
+    when short: it came from the server.
+    """
+    raw = response.extensions.get("http_version", b"HTTP/1.1")
+    known = _PROTOCOL_VERSIONS.get(raw) if isinstance(raw, bytes) else None
+    if known is not None:
+        return known
+    text = response.http_version
+    text = text[5:] if text.startswith("HTTP/") else text
+    return text if 0 < len(text) <= 8 and text.isprintable() else None
+
+
+def _scrub(attributes: dict[str, AttributeValue], needles: tuple[str, ...]) -> None:
+    """Withhold every string value that quotes a credential sent in this call."""
+    for key, value in attributes.items():
+        if isinstance(value, str) and mentions(value, needles):
+            attributes[key] = WITHHELD
 
 
 def _port(url: httpx.URL) -> int | None:
@@ -393,8 +458,10 @@ class _CallTrace:
     __slots__ = (
         "labels",
         "meters",
+        "needles",
         "recording",
         "resend_base",
+        "secrets",
         "span",
         "started",
         "token",
@@ -410,6 +477,10 @@ class _CallTrace:
         self.labels: dict[str, AttributeValue] = {}
         self.resend_base = 0  # resends before this call: a redirect's call goes on counting
         self.started = time.perf_counter()
+        # Credentials this call sent (``Instrumentation.withhold``), and every form
+        # of them a server may echo: no attribute written for the call quotes one.
+        self.secrets: tuple[str, ...] = ()
+        self.needles: tuple[str, ...] = ()
 
 
 # --- the instrumentation -----------------------------------------------------------------
@@ -424,6 +495,9 @@ class Instrumentation:
 
     Args:
         vendor: the classifier's vendor name (``resilience.vendor``).
+        name: the pipeline's name (``resilience.pipeline``; default: ``vendor``).
+        known_methods: the methods recorded as themselves (default: the
+            conventions' list); any other is ``_OTHER``.
         tracer_provider: a tracer provider, or ``None`` for the global one.
         meter_provider: a meter provider, or ``None`` for the global one.
     """
@@ -432,10 +506,16 @@ class Instrumentation:
         self,
         *,
         vendor: str,
+        name: str | None = None,
+        known_methods: frozenset[str] = KNOWN_METHODS,
         tracer_provider: trace.TracerProvider | None = None,
         meter_provider: otel_metrics.MeterProvider | None = None,
     ) -> None:
         self.vendor = vendor
+        self.name = vendor if name is None else name
+        self.known_methods = known_methods
+        # What every span and metric point of this pipeline carries.
+        self._identity: dict[str, AttributeValue] = {VENDOR: vendor, PIPELINE: self.name}
         self._tracer: _Resolved[trace.TracerProvider, trace.Tracer] = _Resolved(
             tracer_provider,
             module=trace,
@@ -452,7 +532,7 @@ class Instrumentation:
         )
 
     def __repr__(self) -> str:
-        return f"Instrumentation(vendor={self.vendor!r})"
+        return f"Instrumentation(vendor={self.vendor!r}, name={self.name!r})"
 
     def records(self) -> bool:
         """Whether a call started now would record anything (a span or a metric).
@@ -505,27 +585,24 @@ class Instrumentation:
                 # httpx follows a redirect with a new request carrying these
                 # extensions: the HTTP conventions count a redirect as a resend.
                 state.resend_base = prior + 1
+            url = request.url
             if tracer is not None:
-                span = tracer.start_span(CALL_SPAN, kind=SpanKind.INTERNAL)
+                # Given at creation, so that a sampler sees them.
+                attributes: dict[str, AttributeValue] = {SERVER_ADDRESS: url.host}
+                _method_attributes(request.method, self.known_methods, attributes)
+                port = _port(url)
+                if port is not None:
+                    attributes[SERVER_PORT] = port
+                attributes.update(self._identity)
+                span = tracer.start_span(CALL_SPAN, kind=SpanKind.INTERNAL, attributes=attributes)
                 state.span = span
-                if span.is_recording():
-                    state.recording = True
-                    url = request.url
-                    attributes: dict[str, AttributeValue] = {
-                        HTTP_METHOD: _method_name(request.method)[1],
-                        SERVER_ADDRESS: url.host,
-                        VENDOR: self.vendor,
-                    }
-                    port = _port(url)
-                    if port is not None:
-                        attributes[SERVER_PORT] = port
-                    span.set_attributes(attributes)
+                state.recording = span.is_recording()
                 state.token = otel_context.attach(trace.set_span_in_context(span))
             if meters is not None:
                 state.labels = {
-                    HTTP_METHOD: _method_name(request.method)[1],
-                    SERVER_ADDRESS: request.url.host,
-                    VENDOR: self.vendor,
+                    HTTP_METHOD: _method_name(request.method, self.known_methods)[1],
+                    SERVER_ADDRESS: url.host,
+                    **self._identity,
                 }
             call.trace = state
             return state
@@ -552,6 +629,8 @@ class Instrumentation:
             else:
                 outcome = _outcome_of_error(error, call)
                 error_type = _error_name(error) if outcome != "cancelled" else None
+            if error_type is not None and state.needles and mentions(error_type, state.needles):
+                error_type = WITHHELD
             span = state.span
             if span is not None:
                 if state.recording:
@@ -625,24 +704,23 @@ class Instrumentation:
         if tracer is None:
             return None, None
         try:
-            name, method = _method_name(request.method)
-            span = tracer.start_span(name, kind=SpanKind.CLIENT)
-            if span.is_recording():
-                url = request.url
-                attributes: dict[str, AttributeValue] = {
-                    HTTP_METHOD: method,
-                    SERVER_ADDRESS: url.host,
-                    URL_FULL: redact_url(url),
-                    VENDOR: self.vendor,
-                }
-                port = _port(url)
-                if port is not None:
-                    attributes[SERVER_PORT] = port
-                if method == "_OTHER":
-                    attributes[HTTP_METHOD_ORIGINAL] = request.method
-                if resend > 0:
-                    attributes[HTTP_RESEND_COUNT] = resend
-                span.set_attributes(attributes)
+            # What the conventions want at creation, given to start_span so that a
+            # sampler sees them (so they are built even if it then drops the span).
+            url = request.url
+            attributes: dict[str, AttributeValue] = {
+                SERVER_ADDRESS: url.host,
+                URL_FULL: redact_url(url),
+            }
+            name = _method_attributes(request.method, self.known_methods, attributes)
+            port = _port(url)
+            if port is not None:
+                attributes[SERVER_PORT] = port
+            if resend > 0:
+                attributes[HTTP_RESEND_COUNT] = resend
+            attributes.update(self._identity)
+            if state.needles:
+                _scrub(attributes, state.needles)
+            span = tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attributes)
             ctx = trace.set_span_in_context(span)
             if span.get_span_context().is_valid:
                 # Each attempt carries its own traceparent (a later instrumentation
@@ -668,29 +746,42 @@ class Instrumentation:
             if token is not None:
                 otel_context.detach(token)
             status: int | None = None
+            version: str | None = None
             if outcome is not None:
                 error_type = _attempt_error_type(outcome)
-                if outcome.response is not None:
-                    status = outcome.response.status_code
+                response = outcome.response
+                if response is not None:
+                    status = response.status_code
+                    version = _protocol_version(response)
             elif isinstance(error, Exception):
                 error_type = _error_name(error)
             else:
                 error_type = None  # cancelled by the caller: not an error
+            needles = state.needles
+            if error_type is not None and needles and mentions(error_type, needles):
+                # The attempt ran before AuthRefresh withheld what the vendor echoed.
+                error_type = WITHHELD
             if span is not None:
                 if span.is_recording():
+                    ended: dict[str, AttributeValue] = {}
                     if status is not None:
-                        span.set_attribute(HTTP_STATUS, status)
+                        ended[HTTP_STATUS] = status
+                    if version is not None:
+                        ended[PROTOCOL_VERSION] = version
                     if error_type is not None:
-                        span.set_attribute(ERROR_TYPE, error_type)
+                        ended[ERROR_TYPE] = error_type
                     if outcome is not None:
                         verdict = outcome.verdict
-                        span.set_attribute(VERDICT, verdict.action.value)
+                        ended[VERDICT] = verdict.action.value
                         problem = verdict.problem
                         if problem is not None:
                             if problem.code is not None:
-                                span.set_attribute(PROBLEM_CODE, problem.code)
+                                ended[PROBLEM_CODE] = problem.code
                             if problem.request_id:
-                                span.set_attribute(PROBLEM_REQUEST_ID, problem.request_id)
+                                ended[PROBLEM_REQUEST_ID] = problem.request_id
+                    if needles:
+                        _scrub(ended, needles)
+                    span.set_attributes(ended)
                 if error_type is not None:
                     span.set_status(Status(StatusCode.ERROR))
                 span.end()
@@ -698,17 +789,19 @@ class Instrumentation:
             if meters is not None and (outcome is not None or error_type is not None):
                 url = request.url
                 labels: dict[str, AttributeValue] = {
-                    HTTP_METHOD: _method_name(request.method)[1],
+                    HTTP_METHOD: _method_name(request.method, self.known_methods)[1],
                     SERVER_ADDRESS: url.host,
-                    VENDOR: self.vendor,
                 }
                 port = _port(url)
                 if port is not None:
                     labels[SERVER_PORT] = port
                 if status is not None:
                     labels[HTTP_STATUS] = status
+                if version is not None:
+                    labels[PROTOCOL_VERSION] = version
                 if error_type is not None:
                     labels[ERROR_TYPE] = error_type
+                labels.update(self._identity)
                 meters.attempt_duration.record(elapsed, labels)
         except Exception:  # pragma: no cover - a broken SDK must not break the call
             logger.debug("resilience telemetry: ending an attempt span failed", exc_info=True)
@@ -728,6 +821,8 @@ class Instrumentation:
             self._on_breaker(event, call)
         elif isinstance(event, PartialFailureReported):
             self._on_partial(event, call)
+        elif isinstance(event, (CallHeld, CallReleased)):
+            self._on_hold(event, call)
         # TokenRefreshed: token_refresh() already made the span and the count, and
         # AuthRefresh logs each new token itself.
 
@@ -736,6 +831,8 @@ class Instrumentation:
         if state is None:
             return
         reason = event.reason
+        if state.needles and mentions(reason, state.needles):
+            reason = WITHHELD
         if state.recording and state.span is not None:
             state.span.add_event(
                 RETRY_EVENT,
@@ -771,12 +868,26 @@ class Instrumentation:
             # A breaker is counted in the state it is in, unless closed (the normal state).
             if event.new != "closed":
                 meters.breaker_state.add(
-                    1, {BREAKER_KEY: event.key, BREAKER_STATE: event.new, VENDOR: self.vendor}
+                    1, {BREAKER_KEY: event.key, BREAKER_STATE: event.new, **self._identity}
                 )
             if event.old != "closed":
                 meters.breaker_state.add(
-                    -1, {BREAKER_KEY: event.key, BREAKER_STATE: event.old, VENDOR: self.vendor}
+                    -1, {BREAKER_KEY: event.key, BREAKER_STATE: event.old, **self._identity}
                 )
+
+    def _on_hold(self, event: CallHeld | CallReleased, call: Call | None) -> None:
+        # A span event on the call: held (the circuit's key, calls held), then
+        # released or given up (seconds held, how it ended). Retry logs both itself.
+        span = _event_span(call)
+        if span is None:
+            return
+        if isinstance(event, CallHeld):
+            span.add_event(HOLD_EVENT, {HOLD_KEY: event.key, HOLD_COUNT: event.held})
+        else:
+            span.add_event(
+                RELEASE_EVENT,
+                {HOLD_KEY: event.key, HOLD_WAITED: event.waited, HOLD_OUTCOME: event.outcome},
+            )
 
     def _on_partial(self, event: PartialFailureReported, call: Call | None) -> None:
         if logger.isEnabledFor(logging.INFO):
@@ -795,6 +906,22 @@ class Instrumentation:
         if span is not None:
             failed = tuple(sorted(event.failures))
             span.add_event(PARTIAL_EVENT, {PARTIAL_FAILED: failed, PARTIAL_COUNT: len(failed)})
+
+    # -- credentials --
+
+    def withhold(self, call: Call, secret: str) -> None:
+        """Never record ``secret`` (nor a text quoting it) for the rest of ``call``.
+
+        ``AuthRefresh`` calls it with each token it attaches, before the attempt:
+        the attempt's span and metric are written as the attempt ends, before the
+        layer withholds what a vendor echoed of the token (in an error code, say)
+        from the outcome. A no-op when the call does not record.
+        """
+        state: _CallTrace | None = call.trace
+        if state is None or not secret or secret in state.secrets:
+            return
+        state.secrets = (*state.secrets, secret)
+        state.needles = (*state.needles, *_needles((secret,)))
 
     # -- token refresh --
 
@@ -836,9 +963,11 @@ class Instrumentation:
         span: trace.Span | None = None
         token: Token[Context] | None = None
         if tracer is not None:
-            span = tracer.start_span(REFRESH_SPAN, kind=SpanKind.INTERNAL)
-            if span.is_recording():
-                span.set_attributes({AUTH_TRIGGER: trigger, VENDOR: self.vendor})
+            span = tracer.start_span(
+                REFRESH_SPAN,
+                kind=SpanKind.INTERNAL,
+                attributes={AUTH_TRIGGER: trigger, **self._identity},
+            )
             token = otel_context.attach(trace.set_span_in_context(span))
         error_type: str | None = None
         cancelled = False
@@ -860,7 +989,7 @@ class Instrumentation:
                     span.set_status(Status(StatusCode.ERROR))
                 span.end()
             if meters is not None and not cancelled:
-                labels: dict[str, AttributeValue] = {AUTH_TRIGGER: trigger, VENDOR: self.vendor}
+                labels: dict[str, AttributeValue] = {AUTH_TRIGGER: trigger, **self._identity}
                 if error_type is not None:
                     labels[ERROR_TYPE] = error_type
                 meters.refreshes.add(1, labels)
@@ -930,6 +1059,8 @@ async def request_hook(span: trace.Span, request: Any) -> None:
 def make_instrumentation(
     *,
     vendor: str,
+    name: str | None = None,
+    known_methods: frozenset[str] | None = None,
     tracer_provider: trace.TracerProvider | None = None,
     meter_provider: otel_metrics.MeterProvider | None = None,
 ) -> Instrumentation:
@@ -937,6 +1068,10 @@ def make_instrumentation(
 
     Args:
         vendor: the classifier's vendor name.
+        name: the pipeline's name (default: ``vendor``).
+        known_methods: the known HTTP methods (default: those
+            ``OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS`` names, else the
+            conventions' list), read once, here.
         tracer_provider: a tracer provider, or ``None`` for the global one
             (resolved lazily: it may be set after the pipeline is built).
         meter_provider: a meter provider, or ``None`` for the global one.
@@ -945,5 +1080,9 @@ def make_instrumentation(
         The pipeline's :class:`Instrumentation`.
     """
     return Instrumentation(
-        vendor=vendor, tracer_provider=tracer_provider, meter_provider=meter_provider
+        vendor=vendor,
+        name=name,
+        known_methods=known_methods if known_methods is not None else known_methods_from_env(),
+        tracer_provider=tracer_provider,
+        meter_provider=meter_provider,
     )

@@ -236,6 +236,7 @@ async def test_success_is_one_call_span_over_one_attempt(otel: Otel) -> None:
         "server.address": HOST,
         "server.port": 443,
         "resilience.vendor": "http",
+        "resilience.pipeline": "http",
         "resilience.attempt.count": 1,
         "resilience.outcome": "success",
     }
@@ -249,7 +250,9 @@ async def test_success_is_one_call_span_over_one_attempt(otel: Otel) -> None:
         "server.port": 443,
         "url.full": f"{URL}?page=2",
         "resilience.vendor": "http",
+        "resilience.pipeline": "http",
         "http.response.status_code": 200,
+        "network.protocol.version": "1.1",
         "resilience.verdict": "accept",
     }
     assert len(otel.spans()) == 2
@@ -403,6 +406,7 @@ async def test_token_refresh_failure_is_an_error_span(otel: Otel) -> None:
     assert dict(point.attributes) == {
         "resilience.auth.trigger": "proactive",
         "resilience.vendor": "http",
+        "resilience.pipeline": "http",
         "error.type": "RuntimeError",
     }
 
@@ -571,6 +575,7 @@ async def test_metrics_of_a_retried_call(otel: Otel) -> None:
         "http.request.method": "GET",
         "server.address": HOST,
         "resilience.vendor": "http",
+        "resilience.pipeline": "http",
         "resilience.outcome": "success",
     }
     (retries,) = otel.points("resilience.client.call.retries")
@@ -589,8 +594,10 @@ async def test_metrics_of_a_retried_call(otel: Otel) -> None:
         "server.address",
         "server.port",
         "http.response.status_code",
+        "network.protocol.version",
         "error.type",
         "resilience.vendor",
+        "resilience.pipeline",
         "resilience.outcome",
     }
     data = otel.reader.get_metrics_data()
@@ -775,11 +782,17 @@ async def test_no_secret_in_any_attribute_event_metric_or_log(
         ),
         ("https://h.test/?access%5Ftoken=a", "https://h.test/?access%5Ftoken=REDACTED"),
         ("https://h.test/?flag&secret=", "https://h.test/?flag&secret=REDACTED"),
-        ("https://h.test/p%20q?a=%20#frag", "https://h.test/p%20q?a=%20"),
+        ("https://h.test/p%20q?a=%20#frag", "https://h.test/p%20q?a=%20#frag"),
+        (
+            "https://h.test/cb#access_token=a&state=s",
+            "https://h.test/cb#access_token=REDACTED&state=s",
+        ),
+        ("https://h.test/?token=a#f%20g", "https://h.test/?token=REDACTED#f%20g"),
     ],
 )
 def test_redact_url(url: str, expected: str) -> None:
-    """Credentials and sensitive query values are replaced; the rest is kept as sent."""
+    """Credentials and sensitive query (and fragment) values are replaced; the rest,
+    the fragment included as the conventions ask, is kept as sent."""
     assert redact_url(httpx.URL(url)) == expected
 
 

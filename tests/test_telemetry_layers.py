@@ -31,7 +31,8 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
-from resilience_derapi import Backend, DerapiSimulator, type_uri
+from resilience_derapi import type_uri
+from resilience_derapi.testing import Backend, DerapiSimulator
 
 import resilience
 from resilience import (
@@ -74,6 +75,7 @@ CALL_ATTRIBUTES = {
     "server.address",
     "server.port",
     "resilience.vendor",
+    "resilience.pipeline",
     "resilience.attempt.count",
     "resilience.outcome",
     "error.type",
@@ -91,6 +93,8 @@ ATTEMPT_ATTRIBUTES = {
     "resilience.problem.code",
     "resilience.problem.request_id",
     "resilience.vendor",
+    "resilience.pipeline",
+    "network.protocol.version",
 }
 ATTEMPT_REQUIRED = {
     "http.request.method",
@@ -99,6 +103,7 @@ ATTEMPT_REQUIRED = {
     "url.full",
     "resilience.verdict",
     "resilience.vendor",
+    "resilience.pipeline",
 }
 OUTCOMES = {"success", "failure", "short_circuited", "timeout", "cancelled", "partial"}
 VERDICTS = {"accept", "retry", "refresh_auth", "split", "fail"}
@@ -115,14 +120,15 @@ EVENT_ATTRIBUTES = {
     },
     "resilience.partial": {"resilience.partial.failed", "resilience.partial.count"},
 }
+_IDENTITY = {"resilience.vendor", "resilience.pipeline"}
 _CALL_LABELS = {
     "http.request.method",
     "server.address",
-    "resilience.vendor",
     "resilience.outcome",
     "error.type",
+    *_IDENTITY,
 }
-_RETRY_LABELS = {"http.request.method", "server.address", "resilience.vendor", "error.type"}
+_RETRY_LABELS = {"http.request.method", "server.address", "error.type", *_IDENTITY}
 METRICS: dict[str, tuple[str, set[str]]] = {
     "resilience.client.call.duration": ("s", _CALL_LABELS),
     "resilience.client.call.retries": ("{retry}", _RETRY_LABELS),
@@ -130,11 +136,11 @@ METRICS: dict[str, tuple[str, set[str]]] = {
     "resilience.circuit_breaker.rejections": ("{call}", _CALL_LABELS),
     "resilience.circuit_breaker.state": (
         "{breaker}",
-        {"resilience.circuit_breaker.key", "resilience.circuit_breaker.state", "resilience.vendor"},
+        {"resilience.circuit_breaker.key", "resilience.circuit_breaker.state", *_IDENTITY},
     ),
     "resilience.auth.refreshes": (
         "{refresh}",
-        {"resilience.auth.trigger", "resilience.vendor", "error.type"},
+        {"resilience.auth.trigger", "error.type", *_IDENTITY},
     ),
     "http.client.request.duration": (
         "s",
@@ -143,8 +149,9 @@ METRICS: dict[str, tuple[str, set[str]]] = {
             "server.address",
             "server.port",
             "http.response.status_code",
+            "network.protocol.version",
             "error.type",
-            "resilience.vendor",
+            *_IDENTITY,
         },
     ),
 }
@@ -341,6 +348,7 @@ def check_tree(otel: Otel) -> None:
             assert attributes.keys() <= {
                 "resilience.auth.trigger",
                 "resilience.vendor",
+                "resilience.pipeline",
                 "error.type",
             }
             continue
@@ -450,6 +458,7 @@ async def test_partial_failure_with_the_real_splitter(
         "server.address": HOST,
         "server.port": 80,
         "resilience.vendor": "derapi",
+        "resilience.pipeline": "derapi",
         "resilience.attempt.count": 6,
         "resilience.outcome": "partial",
     }
@@ -467,6 +476,7 @@ async def test_partial_failure_with_the_real_splitter(
     assert attrs_of(refresh) == {
         "resilience.auth.trigger": "initial",
         "resilience.vendor": "derapi",
+        "resilience.pipeline": "derapi",
     }
 
     attempts = otel.attempts()
@@ -487,9 +497,11 @@ async def test_partial_failure_with_the_real_splitter(
         "server.port": 80,
         "url.full": f"{BASE}/sites",
         "http.response.status_code": 200,
+        "network.protocol.version": "1.1",
         "resilience.verdict": "split",
         "resilience.problem.code": "partial-success",
         "resilience.vendor": "derapi",
+        "resilience.pipeline": "derapi",
     }
     # A 200 with failed parts is delivered, not an error; the re-request that
     # recovered solaredge is a plain accept.
@@ -510,6 +522,7 @@ async def test_partial_failure_with_the_real_splitter(
         "http.request.method": "GET",
         "server.address": HOST,
         "resilience.vendor": "derapi",
+        "resilience.pipeline": "derapi",
         "resilience.outcome": "partial",
     }
     (per_attempt,) = otel.points("http.client.request.duration")
@@ -519,11 +532,17 @@ async def test_partial_failure_with_the_real_splitter(
         "server.address": HOST,
         "server.port": 80,
         "http.response.status_code": 200,
+        "network.protocol.version": "1.1",
         "resilience.vendor": "derapi",
+        "resilience.pipeline": "derapi",
     }
     (refreshes,) = otel.points("resilience.auth.refreshes")
     assert (dict(refreshes.attributes), refreshes.value) == (
-        {"resilience.auth.trigger": "initial", "resilience.vendor": "derapi"},
+        {
+            "resilience.auth.trigger": "initial",
+            "resilience.vendor": "derapi",
+            "resilience.pipeline": "derapi",
+        },
         1,
     )
     partial_logs = [r.getMessage() for r in logs.records if "partial failure" in r.getMessage()]
@@ -595,6 +614,7 @@ async def test_part_breaker_state_change_lands_on_the_call_span(
             "resilience.circuit_breaker.key": "derapi:tesla",
             "resilience.circuit_breaker.state": "open",
             "resilience.vendor": "derapi",
+            "resilience.pipeline": "derapi",
         },
         1,
     )
@@ -628,6 +648,7 @@ async def test_retries_then_success_leave_the_call_unset(
         "server.address": HOST,
         "server.port": 80,
         "resilience.vendor": "derapi",
+        "resilience.pipeline": "derapi",
         "resilience.attempt.count": 3,
         "resilience.outcome": "success",
     }
@@ -638,10 +659,12 @@ async def test_retries_then_success_leave_the_call_unset(
         "server.port": 80,
         "url.full": f"{BASE}/sites/{site}",
         "http.response.status_code": 502,
+        "network.protocol.version": "1.1",
         "error.type": "502",
         "resilience.verdict": "retry",
         "resilience.problem.code": type_uri("backend-server-error"),
         "resilience.vendor": "derapi",
+        "resilience.pipeline": "derapi",
     }
     assert attrs_of(too_many)["http.response.status_code"] == 429
     assert attrs_of(too_many)["error.type"] == "429"
@@ -671,7 +694,12 @@ async def test_retries_then_success_leave_the_call_unset(
     retry_times = [e.timestamp for e in call.events if e.name == "resilience.retry"]
     assert (server_error.end_time or 0) <= retry_times[0] <= (too_many.start_time or 0)
 
-    labels = {"http.request.method": "GET", "server.address": HOST, "resilience.vendor": "derapi"}
+    labels = {
+        "http.request.method": "GET",
+        "server.address": HOST,
+        "resilience.vendor": "derapi",
+        "resilience.pipeline": "derapi",
+    }
     retries = {
         p.attributes["error.type"]: p.value for p in otel.points("resilience.client.call.retries")
     }
@@ -747,6 +775,7 @@ async def test_refresh_and_replay(otel: Otel, logs: pytest.LogCaptureFixture) ->
     assert attrs_of(rejected_refresh) == {
         "resilience.auth.trigger": "rejected",
         "resilience.vendor": "derapi",
+        "resilience.pipeline": "derapi",
     }
     assert rejected_refresh.status.status_code is StatusCode.UNSET
 
@@ -840,6 +869,7 @@ async def test_breaker_opens_rejects_and_closes(otel: Otel, logs: pytest.LogCapt
         "server.address": HOST,
         "server.port": 80,
         "resilience.vendor": "derapi",
+        "resilience.pipeline": "derapi",
         "resilience.attempt.count": 0,
         "resilience.outcome": "short_circuited",
         "error.type": "CircuitOpenError",
@@ -859,6 +889,7 @@ async def test_breaker_opens_rejects_and_closes(otel: Otel, logs: pytest.LogCapt
         "http.request.method": "GET",
         "server.address": HOST,
         "resilience.vendor": "derapi",
+        "resilience.pipeline": "derapi",
         "resilience.outcome": "short_circuited",
         "error.type": "CircuitOpenError",
     }
