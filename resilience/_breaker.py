@@ -9,12 +9,15 @@ counted in a sliding window and, if asked, as a run of consecutive failures), op
 (calls fail fast with :class:`~resilience.errors.CircuitOpenError`, nothing is
 sent, and the call still passes a checkpoint), half-open (a few probes pass; they
 close it or reopen it for a longer break) or isolated (held open by hand until
-:meth:`Circuit.reset`).
+:meth:`Circuit.reset`). A circuit also keeps the calls a ``Retry(hold=...)`` above
+holds on it (a ``_hold.HoldQueue``, made on the first hold) and tells them about
+its transitions: closing releases them in a ramp, a reopening ends the holds it
+makes hopeless, isolation ends them all.
 
 What counts comes from the verdict: ``breaker_failure`` (RETRY by default) is a
 failure, ACCEPT and SPLIT are successes, anything else counts neither way. The
-registry is also shared with the PartialFailureSplitter through
-``env.shared["breaker_registry"]``, which keys per-part circuits (``"derapi:solis"``).
+registry is also shared with the PartialFailureSplitter through ``env.breakers``,
+where it keys per-part circuits (``"derapi:solis"``).
 
 Everything a call does to its circuit is synchronous and O(1): the window is a ring
 of counters, the registry's sweep of idle circuits does a bounded amount of work
@@ -40,7 +43,10 @@ from sniffio import current_async_library
 
 from . import _validate as v
 from ._events import CircuitStateChanged
-from ._pipeline import Call, CallNext, Outcome, Pipeline, PipelineEnv
+from ._hold import Hold, HoldQueue
+from ._http import DEFAULT_PORTS as _DEFAULT_PORTS
+from ._layer import Call, CallNext, Outcome, PipelineEnv
+from ._pipeline import Pipeline
 from ._report import CallReport
 from ._verdict import Action, Problem, Verdict
 from .errors import CircuitOpenError, ConfigurationError, ResilienceError
@@ -103,9 +109,6 @@ _HALF_OPEN = CircuitState.HALF_OPEN
 _ISOLATED = CircuitState.ISOLATED
 _ACCEPT = Action.ACCEPT
 _SPLIT = Action.SPLIT
-
-#: The ports httpx leaves out of a URL (``url.port`` is then ``None``).
-_DEFAULT_PORTS = {"https": 443, "http": 80, "wss": 443, "ws": 80, "ftp": 21}
 
 
 #: A break with this little left (seconds) is over. Sleeping exactly the
@@ -224,7 +227,9 @@ class CircuitBreaker:
     :class:`~resilience.errors.CircuitOpenError` without touching the network.
     After :attr:`break_duration` it half-opens: :attr:`half_open_calls` probes
     pass; if they all succeed it closes, if one fails (or is slow) it opens again
-    for twice as long as the previous break, up to :attr:`max_break_duration`.
+    for twice as long as the previous break, up to :attr:`max_break_duration`
+    (or, with :attr:`break_growth`, for a break that grows with the age of the
+    outage).
 
     A verdict with ``breaker_failure`` (RETRY by default: server errors, timeouts,
     connection errors) is a failure; ACCEPT and SPLIT are successes; FAIL (the
@@ -260,6 +265,16 @@ class CircuitBreaker:
     )
     """Longest break after consecutive reopenings (default: ten times
     :attr:`break_duration`; equal to it for a constant break)."""
+    break_growth: float | None = attrs.field(
+        default=None, validator=v.number(minimum=0, exclusive_minimum=True, optional=True)
+    )
+    """When set, a break after a failed probe lasts this share of the outage's age
+    (the seconds since the circuit first opened, the last time it was closed),
+    between :attr:`break_duration` and :attr:`max_break_duration`, instead of
+    doubling: with 0.1, 1 s and 30 s, an outage is probed every second for its
+    first ten seconds, and every 30 s once it is five minutes old. So a short
+    outage costs about one :attr:`break_duration` once the backend is back, and a
+    long one is probed rarely. Default: off (each failed probe doubles the break)."""
     consecutive_failures: int | None = attrs.field(
         default=None, validator=v.number(minimum=1, integer=True, optional=True)
     )
@@ -284,8 +299,17 @@ class CircuitBreaker:
     """Maps a request to its circuit's key (default: ``scheme://host:port``);
     returning ``None`` lets that request bypass the breaker."""
 
-    def break_for(self, reopenings: int) -> float:
-        """Seconds of break after ``reopenings`` consecutive reopenings (0: first opening)."""
+    def break_for(self, reopenings: int, age: float = 0.0) -> float:
+        """Seconds of break after ``reopenings`` consecutive reopenings (0: first opening).
+
+        ``age`` is the seconds since the circuit first opened in this outage: with
+        :attr:`break_growth` the break is ``break_growth * age`` within
+        [:attr:`break_duration`, :attr:`longest_break`], whatever ``reopenings``.
+        """
+        growth = self.break_growth
+        if growth is not None:
+            grown = growth * age if age > 0 else 0.0
+            return min(max(grown, self.break_duration), self.longest_break)
         # 2**64 already exceeds any sane cap; past it the power would overflow.
         return min(self.break_duration * 2.0 ** min(max(reopenings, 0), 64), self.longest_break)
 
@@ -305,10 +329,9 @@ class CircuitBreaker:
     def bind(self, env: PipelineEnv) -> _BreakerHandler:
         """Create this layer's registry in ``env`` and return its handler."""
         registry = CircuitRegistry(self, env)
-        # The innermost breaker owns the shared key (the splitter records its
-        # per-part outcomes there); every breaker can be found by its layer.
-        env.shared.setdefault("breaker_registry", registry)
-        env.shared.setdefault("breaker_registries", []).append((self, registry))
+        # Bound innermost first: env.breakers[0] is the innermost breaker's (the
+        # splitter records its per-part outcomes there); each is found by its layer.
+        env.breakers.append(registry)
         return _BreakerHandler(self, env, registry)
 
 
@@ -327,7 +350,9 @@ class Circuit:
         "_breaks",
         "_gen",
         "_head",
+        "_held",
         "_key",
+        "_opened_at",
         "_passed",
         "_probes",
         "_registry",
@@ -360,6 +385,11 @@ class Circuit:
     """Closed: failures in a row (with ``consecutive_failures``)."""
     _run_at: float
     """Clock time of the run's latest failure."""
+    _opened_at: float
+    """When not closed: the clock time it first opened in this outage (the age of
+    the outage sets the break, with ``break_growth``)."""
+    _held: HoldQueue | None
+    """Calls held waiting for it to recover (``Retry(hold=...)``); made on the first hold."""
 
     def __init__(self, key: str, registry: CircuitRegistry, now: float) -> None:
         self._key = key
@@ -373,6 +403,8 @@ class Circuit:
         self._passed = 0
         self._run = 0
         self._run_at = 0.0
+        self._opened_at = 0.0
+        self._held = None
 
     # -- the window (per kind of window) --
 
@@ -430,6 +462,12 @@ class Circuit:
         return live._total & _MASK
 
     @property
+    def held(self) -> int:
+        """Calls held now waiting for it to recover (``Retry(hold=Hold())``)."""
+        held = self._live()._held
+        return 0 if held is None else len(held)
+
+    @property
     def retry_after(self) -> float:
         """Seconds until it half-opens: 0 unless open; infinite when isolated."""
         live = self._live()
@@ -449,7 +487,8 @@ class Circuit:
             live._move(_ISOLATED, None)
 
     def reset(self) -> None:
-        """Close the circuit and forget its window and its past breaks."""
+        """Close the circuit and forget its window and its past breaks (calls held
+        on it go, in a ramp, as after a successful probe)."""
         live = self._live()
         live._clear()
         live._breaks = 0
@@ -532,6 +571,9 @@ class Circuit:
         elif state is _HALF_OPEN and self._probes > 0:
             self._probes -= 1
             if not code:
+                held = self._held
+                if held is not None:
+                    held.nudge()  # the probe slot is free again: a held call may take it
                 return
             if code & (_FAILED | _SLOWED):
                 self._trip(self._registry._clock.now(), self._breaks + 1, call)
@@ -556,8 +598,10 @@ class Circuit:
             self._trip(now, 0, call)
 
     def _trip(self, now: float, breaks: int, call: Call | None) -> None:
+        if not breaks:
+            self._opened_at = now
         self._breaks = breaks
-        self._until = now + self._registry._config.break_for(breaks)
+        self._until = now + self._registry._config.break_for(breaks, now - self._opened_at)
         self._move(_OPEN, call)
 
     def _move(self, new: CircuitState, call: Call | None) -> None:
@@ -568,6 +612,42 @@ class Circuit:
         self._passed = 0
         self._run = 0
         self._registry._changed(self._key, old, new, call)
+        held = self._held
+        if held is not None and self._state is new:  # a hook may have moved it on
+            if new is _CLOSED:
+                held.recovered(self._registry._clock.now())
+            elif new is _OPEN:
+                held.reopened(self._until)
+            elif new is _ISOLATED:
+                held.isolated()
+
+    # -- for held calls (see _hold.py) --
+
+    def _hold_queue(self, config: Hold) -> HoldQueue:
+        """The queue of calls held on this circuit (made with the first one's settings)."""
+        held = self._held
+        if held is None:
+            held = self._held = HoldQueue(config)
+        return held
+
+    def _next_probe(self, now: float) -> float:
+        state = self._state
+        if state is _OPEN:
+            return self._until if self._until - now > _SLACK else now
+        if state is _ISOLATED:
+            return math.inf
+        return now
+
+    def _probe_free(self, now: float) -> bool:
+        state = self._state
+        if state is _OPEN:
+            return self._until - now <= _SLACK
+        if state is _HALF_OPEN:
+            return self._probes < self._registry._half_open_calls
+        return state is _CLOSED
+
+    def _accepting(self) -> bool:
+        return self._state is _CLOSED
 
     def _idle_at(self, now: float) -> bool:
         """Whether the registry may forget this circuit: a new one would act the same
@@ -576,7 +656,7 @@ class Circuit:
         state = self._state
         if state is _CLOSED:
             return self._empty_at(now) and not self._current_run(now)
-        if state is _ISOLATED or self._probes:
+        if state is _ISOLATED or self._probes or (self._held is not None and len(self._held)):
             return False
         return now - self._until >= self._registry._quiet
 
@@ -711,9 +791,9 @@ class _CountCircuit(Circuit):
 class CircuitRegistry:
     """The circuits of one :class:`CircuitBreaker` layer, by key.
 
-    Made when the pipeline is built; the innermost breaker's registry is also at
-    ``pipeline.env.shared["breaker_registry"]``, where the
-    PartialFailureSplitter records per-part outcomes. A circuit is created on
+    Made when the pipeline is built (:meth:`of` finds it); the innermost
+    breaker's registry is also where the PartialFailureSplitter records per-part
+    outcomes. A circuit is created on
     first use and forgotten once it is closed and its window is empty (nothing
     counted for a whole window), or once it opened, its break is over and nobody
     asked for it for :attr:`CircuitBreaker.quiet_period` (it then reports a
@@ -779,15 +859,11 @@ class CircuitRegistry:
         Raises:
             LookupError: the pipeline has no such breaker layer.
         """
-        shared = pipeline.env.shared
-        if layer is None:
-            registry = shared.get("breaker_registry")
-            if isinstance(registry, CircuitRegistry):
+        for registry in pipeline.env.breakers:
+            if isinstance(registry, CircuitRegistry) and (
+                layer is None or registry.config is layer
+            ):
                 return registry
-        else:
-            for bound, registry in shared.get("breaker_registries", ()):
-                if bound is layer:
-                    return registry  # type: ignore[no-any-return]
         raise LookupError(f"{pipeline!r} has no such CircuitBreaker layer")
 
     @property
@@ -828,6 +904,18 @@ class CircuitRegistry:
             duration: seconds the call took, for slow-call detection.
         """
         self.get(key)._complete(None, self._code(verdict, duration), None)
+
+    def _holding(self, request: httpx.Request) -> Circuit | None:
+        """The circuit ``request`` would meet, when it is not closed (for ``Retry`` to
+        hold the call on); ``None`` when closed, unknown or bypassed."""
+        try:
+            key = self._config.key(request)
+        except Exception:
+            return None
+        circuit = None if key is None else self._circuits.get(key)
+        if circuit is None or circuit._state is _CLOSED:
+            return None
+        return circuit
 
     def blocked_for(self, request: httpx.Request) -> float:
         """Seconds before a call for ``request`` could pass this breaker (0: now).
@@ -995,11 +1083,6 @@ class _BreakerHandler:
             ),
             breaker_failure=False,
         )
-
-    @property
-    def registry(self) -> CircuitRegistry:
-        """The circuits this layer keeps."""
-        return self._registry
 
     async def __call__(self, request: httpx.Request, call: Call, call_next: CallNext) -> Outcome:
         try:

@@ -10,12 +10,20 @@ from collections.abc import Mapping
 
 import attrs
 
+from ._layer_events import ConcurrencyLimitReached, FallbackUsed, HedgeSent
+from ._ratelimit_events import RateLimited
 from ._verdict import Verdict
 
 __all__ = [
+    "CallHeld",
+    "CallReleased",
     "CircuitStateChanged",
+    "ConcurrencyLimitReached",
     "Event",
+    "FallbackUsed",
+    "HedgeSent",
     "PartialFailureReported",
+    "RateLimited",
     "RetryScheduled",
     "TokenRefreshed",
 ]
@@ -55,6 +63,47 @@ class CircuitStateChanged:
 
 
 @attrs.frozen(kw_only=True)
+class CallHeld:
+    """A call met an open circuit and waits for it to recover (``Retry(hold=...)``)
+    instead of failing."""
+
+    method: str
+    """The request's method."""
+    host: str
+    """The request's host (never the full URL: it may carry secrets)."""
+    key: str
+    """The key of the circuit it waits for."""
+    attempt: int
+    """The number of the attempt that met the open circuit (1 for the first)."""
+    held: int
+    """Calls held on that circuit now, this one included."""
+
+
+@attrs.frozen(kw_only=True)
+class CallReleased:
+    """A held call stopped waiting: it goes on (``"recovered"``, ``"probe"``) or gives up."""
+
+    method: str
+    """The request's method."""
+    host: str
+    """The request's host."""
+    key: str
+    """The key of the circuit it waited for."""
+    waited: float
+    """Seconds it was held (its turn in the ramp included)."""
+    outcome: str
+    """``"recovered"`` (a probe succeeded and its turn in the ramp came),
+    ``"probe"`` (it goes as the circuit's probe), ``"timeout"`` (the next probe
+    could not come before its deadline or ``max_wait``), ``"isolated"`` or
+    ``"cancelled"``."""
+
+    @property
+    def released(self) -> bool:
+        """Whether the call goes on to its next attempt."""
+        return self.outcome in ("recovered", "probe")
+
+
+@attrs.frozen(kw_only=True)
 class TokenRefreshed:
     """AuthRefresh fetched a new token."""
 
@@ -72,4 +121,15 @@ class PartialFailureReported:
     """Part key to the verdict of its last try."""
 
 
-Event = RetryScheduled | CircuitStateChanged | TokenRefreshed | PartialFailureReported
+Event = (
+    RetryScheduled
+    | CircuitStateChanged
+    | TokenRefreshed
+    | PartialFailureReported
+    | HedgeSent
+    | ConcurrencyLimitReached
+    | FallbackUsed
+    | CallHeld
+    | CallReleased
+    | RateLimited
+)

@@ -1,8 +1,8 @@
 """Presets: ``standard_pipeline(vendor)`` builds what a vendor's docs recommend.
 
-The ``"http"`` preset is the core's own; every other name is looked up among the
-installed plugins (entry-point group ``resilience.classifiers``), whose plugin
-object carries a ``preset`` callable. Plugins describe their recommendation as a
+Every name, the core's own ``"http"`` too, is looked up among the installed
+plugins (entry-point group ``resilience.classifiers``), whose plugin object
+carries a ``preset`` callable. Plugins describe their recommendation as a
 :class:`PresetSettings` value and let it apply the user's overrides and build the
 pipeline, so every preset accepts the same override names.
 """
@@ -19,6 +19,7 @@ from ._auth import AuthRefresh
 from ._breaker import CircuitBreaker
 from ._classifier import Classifier, load_plugin
 from ._clock import Clock
+from ._hold import Hold
 from ._pipeline import Pipeline
 from ._retry import Backoff, ExponentialBackoff, Retry, RetryBudget
 from ._timeout import Timeout
@@ -37,6 +38,8 @@ PIPELINE_KEYWORDS = frozenset(
         "meter_provider",
         "max_body_bytes",
         "max_error_body_bytes",
+        "name",
+        "known_methods",
     }
 )
 
@@ -85,6 +88,9 @@ class PresetSettings:
     """Replay every method, idempotency key or not."""
     budget: RetryBudget | None = attrs.field(factory=RetryBudget)
     """The retry budget (``None`` turns it off)."""
+    hold: Hold | None = attrs.field(factory=Hold)
+    """Hold calls that meet an open breaker until it recovers, then release them in
+    a ramp (``None``: fail them fast with ``CircuitOpenError``)."""
     retry: Retry | None = None
     """A complete ``Retry`` layer replacing the one built from the fields above."""
     breaker: Any = attrs.field(factory=CircuitBreaker)
@@ -121,6 +127,7 @@ class PresetSettings:
             "max_attempts": self.max_attempts,
             "backoff": self.backoff,
             "budget": self.budget,
+            "hold": self.hold,
             "retry_non_idempotent": self.retry_non_idempotent,
             "max_delay": self.retry_max_delay,
         }
@@ -176,9 +183,14 @@ HTTP_PRESET = PresetSettings(
     #   20% of calls at random starts such a run with probability 0.8 * 0.2**10
     #   (about 1e-7) per call: one false trip in some 12 million calls (17 hours
     #   at 200 calls/s), which then costs a second of break;
-    # * the first break is 1 s, so a short outage costs about a second once the
-    #   server is back; each failed probe doubles it up to 30 s, so a long outage
-    #   gets one probe every 30 s.
+    # * the first break is 1 s, and each break after a failed probe is a tenth of
+    #   the outage's age (at least 1 s, at most 30 s): an outage is probed every
+    #   second for its first ten seconds, so a short one costs about a second once
+    #   the server is back, and every 30 s once it is five minutes old.
+    # Calls that meet the open breaker are held (Hold(): up to 1000 per circuit,
+    # 30 s at most, within the call's deadline) and released in a ramp when a
+    # probe succeeds: the presets' calls already allow 120 s, and an outage of a
+    # few seconds then costs those calls a few seconds rather than an error.
     breaker=CircuitBreaker(
         failure_ratio=0.5,
         minimum_calls=20,
@@ -186,12 +198,14 @@ HTTP_PRESET = PresetSettings(
         consecutive_failures=10,
         break_duration=1.0,
         max_break_duration=30.0,
+        break_growth=0.1,
     ),
 )
 """The generic recommendation: 3 attempts with full-jitter backoff, 120 s per call
 and 10 s per attempt, and a breaker that judges a 50% failure ratio over 30 s once
 20 calls were seen, opens at once on 10 failures in a row, and breaks for 1 s at
-first, doubling on each failed probe up to 30 s."""
+first, then a tenth of the outage's age (up to 30 s); calls that meet it open are
+held until it recovers (``Hold()``), then released in a ramp."""
 
 
 def http_preset(
@@ -214,10 +228,9 @@ def standard_pipeline(
             ``attempt_timeout``, ``breaker``, ``budget``, ``retry``, ``auth_skew``,
             ...; see :class:`PresetSettings`) and ``Pipeline`` keywords (``hooks``,
             ``raise_on_failure``, ``telemetry``, ``tracer_provider``,
-            ``meter_provider``).
+            ``meter_provider``, ``name`` (default: the vendor's name),
+            ``known_methods``).
     """
-    if vendor == "http":
-        return http_preset(auth=auth, clock=clock, **overrides)
     plugin = load_plugin(vendor)
     preset = getattr(plugin, "preset", None)
     if preset is None:

@@ -1,9 +1,12 @@
 """The Retry layer: backoff with jitter, server hints, deadline, idempotency, budget.
 
 It sits above the breaker and AuthRefresh; it acts only on RETRY verdicts (and, if
-asked, on an open breaker that will half-open in time) and passes every other
-outcome up unchanged. Backoff maths is a pure function of the retry number, so it
-is testable without any I/O.
+asked, on an open breaker below: it waits for its half-open, or holds the call
+until a probe succeeds, see ``_hold.py``) and passes every other outcome up
+unchanged. Holding lives here, not in the breaker, because a hold is a wait before
+the call's next attempt: the deadline, the budget (a held call spends none) and the
+report (``delays``, ``gave_up``) are this layer's. Backoff maths is a pure function
+of the retry number, so it is testable without any I/O.
 """
 
 from __future__ import annotations
@@ -17,8 +20,11 @@ import attrs
 import httpx
 
 from . import _validate as v
-from ._events import RetryScheduled
-from ._pipeline import Call, CallNext, Outcome, PipelineEnv
+from ._events import CallHeld, CallReleased, RetryScheduled
+from ._hold import CANCELLED, PROBE, RECOVERED, Hold
+from ._http import IDEMPOTENT_METHODS, is_idempotent
+from ._layer import Call, CallNext, Outcome, PipelineEnv, RetryBudgetState
+from ._report import GaveUp
 from ._verdict import Action
 from .errors import CircuitOpenError, ConfigurationError
 
@@ -31,9 +37,6 @@ logger = logging.getLogger("resilience")
 _EARLY_WAKE = 0.05
 
 JITTER_MODES = ("none", "full", "equal", "decorrelated", "proportional")
-
-IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
-IDEMPOTENCY_HEADERS = ("idempotency-key", "x-idempotency-key")
 
 #: Server hints are honoured up to at least this long, whatever the backoff cap.
 MIN_HINT_CAP = 60.0
@@ -254,14 +257,18 @@ class Retry:
     wait_for_half_open: bool = False
     """When the breaker below is open and will half-open before the deadline, wait
     for it (as a retry) instead of failing at once."""
+    hold: Hold | None = attrs.field(default=None, validator=v.instance_of(Hold, optional=True))
+    """Hold calls that meet an open breaker below (or whose budget is spent while it
+    is open) until a probe succeeds, then release them in a ramp, instead of failing
+    them (see :class:`Hold`). Default: off, a call fails fast. It takes precedence
+    over :attr:`wait_for_half_open`, and does nothing without a breaker below."""
 
     def bind(self, env: PipelineEnv) -> _RetryHandler:
-        bucket: TokenBucket | None = None
+        bucket: RetryBudgetState | None = None
         if self.budget is not None:
-            bucket = env.shared.get("retry_budget")
+            bucket = env.budget
             if bucket is None:
-                bucket = self.budget.build(env.clock.now())
-                env.shared["retry_budget"] = bucket
+                bucket = env.budget = self.budget.build(env.clock.now())
         cap = self.max_delay
         if cap is None:
             longest = float(self.backoff.max_delay)
@@ -271,21 +278,22 @@ class Retry:
             cap = max(longest, MIN_HINT_CAP)
         # Breakers below this layer (bound before it): a retry that an open breaker
         # would reject is not worth its backoff sleep.
-        breakers = tuple(registry for _, registry in env.shared.get("breaker_registries", ()))
-        return _RetryHandler(self, env, bucket, cap, breakers)
+        breakers = tuple(env.breakers)
+        # Holding needs a breaker below to say when the backend is back.
+        hold = self.hold if breakers else None
+        return _RetryHandler(
+            self, env, bucket, cap, breakers, hold, self.wait_for_half_open or hold is not None
+        )
 
-    def is_replayable(self, request: httpx.Request) -> str | None:
+    def is_replayable(self, request: httpx.Request) -> GaveUp | None:
         """Why ``request`` must not be replayed, or ``None`` when it may be."""
-        if not self.retry_non_idempotent and request.method not in self.idempotent_methods:
-            headers = request.headers
-            # An empty key promises nothing: the server cannot deduplicate on it.
-            if not any(headers.get(name, "").strip() for name in IDEMPOTENCY_HEADERS):
-                return "not_idempotent"
+        if not self.retry_non_idempotent and not is_idempotent(request, self.idempotent_methods):
+            return GaveUp.NOT_IDEMPOTENT
         if not isinstance(request.stream, httpx.ByteStream):
             try:
                 request.content  # noqa: B018 - raises when the body was never read
             except httpx.RequestNotRead:
-                return "body_not_replayable"
+                return GaveUp.BODY_NOT_REPLAYABLE
         return None
 
 
@@ -293,9 +301,12 @@ class Retry:
 class _RetryHandler:
     config: Retry
     env: PipelineEnv
-    bucket: TokenBucket | None
+    bucket: RetryBudgetState | None
     cap: float
     breakers: tuple[Any, ...] = ()
+    hold: Hold | None = None
+    on_open: bool = False
+    """Whether a call an open breaker rejected may go on (``wait_for_half_open`` or ``hold``)."""
 
     async def __call__(self, request: httpx.Request, call: Call, call_next: CallNext) -> Outcome:
         config = self.config
@@ -308,57 +319,81 @@ class _RetryHandler:
         try:
             attempt = 1
             previous: float | None = None
+            held_since: float | None = None  # when the call was first held
             while True:
                 outcome = await call_next(request, call)
                 verdict = outcome.verdict
                 if verdict.action is Action.RETRY:
                     hint = verdict.retry_after
+                    rejected = False
                 elif (
-                    config.wait_for_half_open
+                    self.on_open
                     and isinstance(outcome.error, CircuitOpenError)
                     # An isolated breaker (retry_after infinite) never half-opens.
                     and math.isfinite(outcome.error.retry_after)
                 ):
                     hint = outcome.error.retry_after
+                    rejected = True
                 else:
                     return outcome
                 gave_up = None
+                holding = False
                 if attempt >= config.max_attempts:
-                    gave_up = "max_attempts"
-                else:
+                    gave_up = GaveUp.MAX_ATTEMPTS
+                elif not (rejected and attempt == 1):
+                    # (A first attempt the breaker rejected sent nothing: sending it is
+                    # no replay.)
                     gave_up = config.is_replayable(request)
                 delay = 0.0
                 if gave_up is None:
-                    delay = config.backoff.delay(attempt - 1, previous)
-                    if hint is not None and hint > delay:
-                        delay = hint
-                    # "not >= 0" also catches a custom Backoff's NaN, which max() keeps.
-                    delay = min(delay if delay >= 0.0 else 0.0, self.cap)
-                    blocked = self._blocked(request)
-                    if blocked > delay:
-                        # The next attempt would meet an open breaker: wait for it to
-                        # half-open when asked to (and it will), else stop now rather
-                        # than sleep only to be rejected.
-                        late = call.deadline is not None and clock.now() + blocked > call.deadline
-                        if not config.wait_for_half_open or math.isinf(blocked) or late:
-                            gave_up = "circuit_open"
-                        else:
-                            delay = blocked
-                if gave_up is None:
+                    if self.hold is not None and (rejected or self._circuit(request) is not None):
+                        # The breaker below is open (or half-open with its probe out): hold
+                        # for a probe to succeed, rather than back off blindly.
+                        holding = True
+                    else:
+                        delay = config.backoff.delay(attempt - 1, previous)
+                        if hint is not None and hint > delay:
+                            delay = hint
+                        # "not >= 0" also catches a custom Backoff's NaN, which max() keeps.
+                        delay = min(delay if delay >= 0.0 else 0.0, self.cap)
+                        blocked = self._blocked(request)
+                        if blocked > delay:
+                            # The next attempt would meet an open breaker: wait for it to
+                            # half-open when asked to (and it will), else stop now rather
+                            # than sleep only to be rejected.
+                            late = (
+                                call.deadline is not None and clock.now() + blocked > call.deadline
+                            )
+                            if not config.wait_for_half_open or math.isinf(blocked) or late:
+                                gave_up = GaveUp.CIRCUIT_OPEN
+                            else:
+                                delay = blocked
+                if gave_up is None and not holding:
                     if call.deadline is not None and clock.now() + delay > call.deadline:
-                        gave_up = "deadline"
+                        gave_up = GaveUp.DEADLINE
                     elif bucket is not None and not bucket.try_withdraw(clock.now()):
-                        gave_up = "budget"
+                        gave_up = GaveUp.BUDGET
+                if holding:
+                    # A held call spends no budget: the ramp paces it instead.
+                    if held_since is None:
+                        held_since = clock.now()
+                    if await self._hold(request, call, attempt, held_since):
+                        call.report.gave_up = None
+                        await outcome.aclose()
+                        attempt += 1
+                        continue
+                    gave_up = GaveUp.CIRCUIT_OPEN
                 if gave_up is not None:
                     if isinstance(outcome.error, CircuitOpenError):
-                        gave_up = "circuit_open"
+                        gave_up = GaveUp.CIRCUIT_OPEN
                     call.report.gave_up = gave_up
                     return outcome
                 # Retrying after all: what gave up below (a Timeout(total=...) inside
                 # this layer) no longer describes the call.
                 call.report.gave_up = None
                 await outcome.aclose()
-                call.report.delays.append(delay)
+                delays = call.report.delays
+                delays.append(delay)
                 self.env.emit(
                     RetryScheduled(
                         method=request.method,
@@ -382,7 +417,16 @@ class _RetryHandler:
                         if problem and problem.request_id
                         else "",
                     )
-                await clock.sleep(delay)
+                started = clock.now()
+                try:
+                    await clock.sleep(delay)
+                except BaseException:
+                    # Cut short (a Timeout(total=...) above, the caller's cancellation):
+                    # the report says what was waited, not what was planned.
+                    waited = clock.now() - started
+                    if waited < delay:
+                        delays[-1] = waited if waited > 0.0 else 0.0
+                    raise
                 if config.wait_for_half_open and self.breakers:
                     # A timer may fire a little early (asyncio's clock resolution is
                     # 15.6 ms on Windows): finish the wait for the half-open rather than
@@ -405,3 +449,75 @@ class _RetryHandler:
             if wait > longest:
                 longest = wait
         return longest
+
+    def _circuit(self, request: httpx.Request) -> Any:
+        """The circuit below that keeps ``request`` out longest, when one is not closed."""
+        found = None
+        latest = -math.inf
+        now = self.env.clock.now()
+        for registry in self.breakers:
+            circuit = registry._holding(request)
+            if circuit is not None and circuit._next_probe(now) > latest:
+                found, latest = circuit, circuit._next_probe(now)
+        return found
+
+    async def _hold(self, request: httpx.Request, call: Call, attempt: int, since: float) -> bool:
+        """Hold the call until the circuit below recovers and its turn in the ramp
+        comes (True), or until holding is hopeless (False: the circuit is isolated,
+        the next probe cannot come before the deadline or ``max_wait`` after
+        ``since``, when the call was first held, or the circuit holds ``max_calls``
+        already). What it waited is one of the report's ``delays``, whatever the
+        end (a cancellation included)."""
+        hold = self.hold
+        circuit = self._circuit(request)
+        if hold is None or circuit is None:
+            return False
+        clock = self.env.clock
+        start = clock.now()
+        end = since + hold.max_wait
+        deadline = call.deadline
+        # End a little before the deadline, so that the hold gives up by itself (and
+        # the report says so) before a Timeout(total=...) above cuts the call.
+        if deadline is not None and deadline - _EARLY_WAKE < end:
+            end = deadline - _EARLY_WAKE
+        if circuit._next_probe(start) >= end:
+            return False
+        queue = circuit._hold_queue(hold)
+        waiter = queue.join(end, start)
+        if waiter is None:
+            return False
+        method = request.method
+        host = request.url.host
+        key = circuit.key
+        env = self.env
+        held = CallHeld(method=method, host=host, key=key, attempt=attempt, held=len(queue))
+        env.emit(held, call)
+        debug = logger.isEnabledFor(logging.DEBUG)
+        if debug:
+            logger.debug(
+                "resilience hold: %s %s attempt %d met circuit %s open; held (%d held)",
+                method,
+                host,
+                attempt,
+                key,
+                held.held,
+            )
+        how = CANCELLED
+        try:
+            how = await queue.wait(waiter, circuit, clock)
+        finally:
+            waited = clock.now() - start
+            call.report.delays.append(waited if waited > 0.0 else 0.0)
+            env.emit(
+                CallReleased(method=method, host=host, key=key, waited=waited, outcome=how), call
+            )
+            if debug:
+                logger.debug(
+                    "resilience hold: %s %s on circuit %s ended after %.3fs: %s",
+                    method,
+                    host,
+                    key,
+                    waited,
+                    how,
+                )
+        return how in (RECOVERED, PROBE)

@@ -4,7 +4,8 @@ Random sequences of successes, failures, neutral and slow outcomes, waits (up to
 hours), calls left in flight, cancellations, isolate/reset and churn of other keys
 (so that idle circuits get forgotten and recreated, opened ones once their break
 and quiet period are over) must leave the breaker in the model's state with the
-model's window, run of consecutive failures, break and events. One machine drives the
+model's window, run of consecutive failures, break (doubling per reopening, or
+growing with the outage's age with ``break_growth``) and events. One machine drives the
 registry's key API (synchronous); another drives the layer through a pipeline,
 each step run under asyncio or trio.
 """
@@ -55,6 +56,7 @@ class Model:
         self.state = "closed"
         self.history: list[tuple[float, int]] = []
         self.until = 0.0
+        self.opened_at = 0.0
         self.reopenings = 0
         self.probes = 0
         self.passed = 0
@@ -121,9 +123,17 @@ class Model:
             self.move("half_open")
 
     def open(self, now: float, reopenings: int) -> None:
+        """Open for a break that doubles per reopening, or (with break_growth) is that
+        share of the outage's age, within [break_duration, longest break]."""
         config = self.config
+        if reopenings == 0:
+            self.opened_at = now
         self.reopenings = reopenings
-        self.until = now + min(config.break_duration * 2**reopenings, self.longest_break())
+        if config.break_growth is None:
+            length = config.break_duration * 2**reopenings
+        else:
+            length = max(config.break_growth * (now - self.opened_at), config.break_duration)
+        self.until = now + min(length, self.longest_break())
         self.move("open")
 
     def allow(self, now: float) -> float | None:
@@ -207,6 +217,7 @@ def configs(draw: st.DrawFn) -> CircuitBreaker:
         window_calls=draw(st.none() | st.integers(minimum, 8)),
         break_duration=brk,
         max_break_duration=draw(st.sampled_from([None, brk, 3 * brk])),
+        break_growth=draw(st.sampled_from([None, None, 0.1, 0.5, 2.0])),
         consecutive_failures=draw(st.none() | st.integers(1, 4)),
         half_open_calls=draw(st.integers(1, 3)),
         slow_call_duration=draw(st.sampled_from([None, 1.0])),

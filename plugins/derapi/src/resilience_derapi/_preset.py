@@ -13,8 +13,9 @@ Layers, outermost first:
   only for idempotent requests (the classifier's rule);
 * ``CircuitBreaker``: opens at 50% failures over 30 s once 20 calls were seen, so
   one caller's retries cannot trip it, or at once on 10 failures in a row (a
-  total outage); it breaks for 1 s at first, doubling on each failed probe up to
-  30 s; it also keys per-backend circuits (``derapi:solis``) for the splitter;
+  total outage); it breaks for 1 s at first, then a tenth of the outage's age up
+  to 30 s; calls that meet it open are held until a probe succeeds, then released
+  in a ramp; it also keys per-backend circuits (``derapi:solis``) for the splitter;
 * ``AuthRefresh(auth)`` when a token provider is given (see
   :func:`~resilience_derapi.token_provider`);
 * ``Timeout(attempt=10)``.
@@ -57,6 +58,7 @@ DERAPI_PRESET = PresetSettings(
         consecutive_failures=10,
         break_duration=1.0,
         max_break_duration=30.0,
+        break_growth=0.1,
     ),
     splitter=PartialFailureSplitter(max_rounds=3),
 )

@@ -8,9 +8,10 @@
   sample), and once on 2001/2002; a second rejection is an AuthenticationError;
 * a circuit breaker that judges a 50% failure ratio over 60 s once 20 calls
   were seen (so one caller's retries cannot trip it), opens at once on 10
-  failures in a row (a total outage), and breaks for 1 s at first, doubling on
-  each failed probe up to 30 s (a short outage costs about a second once the
-  server is back; a long one gets a probe every 30 s);
+  failures in a row (a total outage), and breaks for 1 s at first, then a tenth
+  of the outage's age up to 30 s (a short outage costs about a second once the
+  server is back; a long one gets a probe every 30 s); calls that meet it open
+  are held until a probe succeeds, then released in a ramp;
 * 15 s per attempt, 120 s per call (room for one full rate-limit window).
 """
 
@@ -46,6 +47,7 @@ TELLUS_PRESET = PresetSettings(
         consecutive_failures=10,
         break_duration=1.0,
         max_break_duration=30.0,
+        break_growth=0.1,
     ),
     auth_skew=60.0,
 )

@@ -10,7 +10,8 @@
   ``unauthorized``; a second rejection is an AuthenticationError;
 * a circuit breaker that judges a 50% failure ratio over 60 s once 20 calls
   were seen, opens at once on 10 failures in a row (a total outage), and breaks
-  for 1 s at first, doubling on each failed probe up to 30 s;
+  for 1 s at first, then a tenth of the outage's age up to 30 s; calls that meet
+  it open are held until a probe succeeds, then released in a ramp;
 * 10 s per attempt, 120 s per call (room for one full rate-limit window).
 """
 
@@ -45,6 +46,7 @@ TURRIS_PRESET = PresetSettings(
         consecutive_failures=10,
         break_duration=1.0,
         max_break_duration=30.0,
+        break_growth=0.1,
     ),
     auth_skew=300.0,
 )
