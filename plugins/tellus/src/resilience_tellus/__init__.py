@@ -16,6 +16,7 @@ from resilience import VendorPlugin
 
 from ._classifier import TELLUS_CODES, TellusClassifier
 from ._preset import TELLUS_PRESET, preset
+from ._rate_limits import rate_limits
 from ._token import TOKEN_PATH, TellusToken
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "TellusToken",
     "plugin",
     "preset",
+    "rate_limits",
 ]
 
 __version__ = "0.1.0"

@@ -16,6 +16,7 @@ from resilience import VendorPlugin
 
 from ._classifier import TURRIS_CODES, TurrisClassifier, rate_limit_reset
 from ._preset import TURRIS_PRESET, preset
+from ._rate_limits import rate_limits
 from ._token import TOKEN_PATH, TurrisToken
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "plugin",
     "preset",
     "rate_limit_reset",
+    "rate_limits",
 ]
 
 __version__ = "0.1.0"

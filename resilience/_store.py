@@ -1,0 +1,224 @@
+"""State stores: where a rate limiter's slots and a retry budget's tokens live.
+
+A layer that keeps per-key counters asks a store to update them; the store does the
+whole read-modify-write in one step, so two callers (two tasks, or two processes
+sharing a Redis store) can never both take the last slot. The layer never reads a
+counter and writes it back itself.
+
+:class:`MemoryStore` is the default: plain dicts in this process, updated
+synchronously (one event loop never interleaves inside an update), as fast as a
+layer's own fields. ``resilience._redis_store.RedisStore`` shares the same state
+between processes and falls back to a :class:`MemoryStore` while Redis is away.
+
+Two kinds of state:
+
+* a **GCRA slot** (the generic cell rate algorithm, one number per key: the
+  theoretical arrival time ``tat`` of the next call): :meth:`StateStore.take_slot`
+  admits a call now, reserves one a little later (the caller sleeps), or refuses
+  and says when a slot frees;
+* a **token bucket** for a retry budget: :meth:`StateStore.update_budget` adds
+  what calls earned, refills with time and withdraws one retry, in one step.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import attrs
+
+from . import _validate as v
+
+__all__ = ["MemoryStore", "StateStore", "gcra"]
+
+
+@runtime_checkable
+class StateStore(Protocol):
+    """Atomic updates of per-key counters; every method is one indivisible step."""
+
+    async def take_slot(
+        self, key: str, now: float, interval: float, burst: int, max_wait: float
+    ) -> tuple[bool, float]:
+        """Take a slot of the GCRA limit ``burst`` calls at once, one more every ``interval`` s.
+
+        Args:
+            key: the limit's key (the store adds its own prefix).
+            now: the caller's clock (a store that shares state across processes
+                may use its own clock instead: the answer is a duration).
+            interval: seconds between calls at the sustained rate (``per / rate``).
+            burst: calls admitted at once after a quiet spell (at least 1).
+            max_wait: the longest the caller accepts to wait for a slot.
+
+        Returns:
+            ``(True, wait)``: a slot is the caller's after ``wait`` seconds (0 for
+            now); it is reserved, so the caller must sleep, not ask again.
+            ``(False, retry_after)``: refused, nothing reserved; a slot frees in
+            ``retry_after`` seconds (more than ``max_wait``).
+        """
+        ...
+
+    async def update_budget(
+        self,
+        key: str,
+        now: float,
+        *,
+        deposit: float,
+        withdraw: bool,
+        refill: float,
+        capacity: float,
+        initial: float,
+    ) -> tuple[bool, float]:
+        """Add ``deposit`` tokens, refill ``refill`` a second, then maybe withdraw one.
+
+        A bucket not seen before (or expired) starts with ``initial`` tokens; it
+        never holds more than ``capacity``.
+
+        Returns:
+            whether one token was withdrawn (always ``False`` when not asked), and
+            the tokens left.
+        """
+        ...
+
+
+#: Seconds of float rounding forgiven: a caller that slept exactly the
+#: ``retry_after`` it was given may come back a few ulps early.
+_SLACK = 1e-9
+
+
+def gcra(
+    tat: float, now: float, interval: float, burst: int, max_wait: float
+) -> tuple[bool, float, float]:
+    """One GCRA decision: ``(admitted, wait or retry_after, new tat)``.
+
+    ``tat`` is when the key's bucket is empty again at the sustained rate. A call
+    at ``now`` is admitted when ``tat + interval`` lies at most ``burst *
+    interval`` ahead (with ``max_wait`` of slack, the reservation it then sleeps
+    off). Over any span of ``T`` seconds at most ``burst + T / interval`` calls
+    get through: the property the tests check.
+    """
+    if tat < now:
+        tat = now
+    new_tat = tat + interval
+    wait = new_tat - burst * interval - now
+    if wait > max_wait + _SLACK:
+        return False, wait, tat
+    return True, (wait if wait > _SLACK else 0.0), new_tat
+
+
+@attrs.define(eq=False, slots=True)
+class _Bucket:
+    tokens: float
+    last: float
+    expires: float
+
+
+@attrs.define(eq=False)
+class MemoryStore:
+    """State in this process: the default store, and Redis's fallback.
+
+    Keys that went idle cost nothing for long: a slot whose ``tat`` has passed is
+    the same as no entry, and a budget untouched for ``idle_after`` seconds starts
+    afresh; both are dropped in a sweep that runs when the dicts have doubled
+    since the last one (amortised O(1) per call).
+    """
+
+    idle_after: float = attrs.field(
+        default=600.0, validator=v.number(minimum=0, exclusive_minimum=True)
+    )
+    """Seconds after which an untouched budget bucket is forgotten."""
+    _tats: dict[str, float] = attrs.field(factory=dict, init=False, repr=False)
+    _buckets: dict[str, _Bucket] = attrs.field(factory=dict, init=False, repr=False)
+    _sweep_at: int = attrs.field(default=1024, init=False, repr=False)
+
+    def __len__(self) -> int:
+        """Keys held now (slots and buckets)."""
+        return len(self._tats) + len(self._buckets)
+
+    def take_slot_now(
+        self, key: str, now: float, interval: float, burst: int, max_wait: float
+    ) -> tuple[bool, float]:
+        """:meth:`take_slot`, synchronously (what the layers call on this store)."""
+        tats = self._tats
+        admitted, wait, tat = gcra(tats.get(key, now), now, interval, burst, max_wait)
+        if admitted:
+            tats[key] = tat
+            if len(tats) >= self._sweep_at:
+                self._sweep(now)
+        return admitted, wait
+
+    async def take_slot(
+        self, key: str, now: float, interval: float, burst: int, max_wait: float
+    ) -> tuple[bool, float]:
+        return self.take_slot_now(key, now, interval, burst, max_wait)
+
+    def peek_slot(self, key: str) -> float | None:
+        """``key``'s ``tat`` (``None`` when it has no state)."""
+        return self._tats.get(key)
+
+    def forget_slot(self, key: str) -> float | None:
+        """Drop ``key``'s slot state; return its ``tat`` (``None`` if it had none)."""
+        return self._tats.pop(key, None)
+
+    def update_budget_now(
+        self,
+        key: str,
+        now: float,
+        *,
+        deposit: float,
+        withdraw: bool,
+        refill: float,
+        capacity: float,
+        initial: float,
+    ) -> tuple[bool, float]:
+        """:meth:`update_budget`, synchronously."""
+        bucket = self._buckets.get(key)
+        if bucket is None or bucket.expires <= now:
+            bucket = _Bucket(tokens=min(initial, capacity), last=now, expires=0)
+            self._buckets[key] = bucket
+            if len(self._buckets) >= self._sweep_at:
+                self._sweep(now)
+        tokens = bucket.tokens
+        elapsed = now - bucket.last
+        if elapsed > 0.0 and refill:
+            tokens += elapsed * refill
+        tokens += deposit
+        if tokens > capacity:
+            tokens = capacity
+        taken = withdraw and tokens >= 1.0
+        if taken:
+            tokens -= 1.0
+        bucket.tokens = tokens
+        if now > bucket.last:
+            bucket.last = now
+        bucket.expires = now + self.idle_after
+        return taken, tokens
+
+    async def update_budget(
+        self,
+        key: str,
+        now: float,
+        *,
+        deposit: float,
+        withdraw: bool,
+        refill: float,
+        capacity: float,
+        initial: float,
+    ) -> tuple[bool, float]:
+        return self.update_budget_now(
+            key,
+            now,
+            deposit=deposit,
+            withdraw=withdraw,
+            refill=refill,
+            capacity=capacity,
+            initial=initial,
+        )
+
+    def _sweep(self, now: float) -> None:
+        tats = self._tats
+        for key in [k for k, tat in tats.items() if tat <= now]:
+            del tats[key]
+        buckets = self._buckets
+        for key in [k for k, b in buckets.items() if b.expires <= now]:
+            del buckets[key]
+        # The next sweep waits until the live keys have doubled: amortised O(1).
+        self._sweep_at = max(1024, 2 * max(len(tats), len(buckets)))

@@ -1,0 +1,184 @@
+"""A real ``redis-server`` for the tests and the benchmark, and a worker process.
+
+:func:`start_server` runs its own server on a free loopback port with no
+persistence (``--save "" --appendonly no``); the tests kill it, pause it
+(SIGSTOP) and start it again on the same port. Without ``redis-server`` the tests
+skip, saying how to install it, except under ``CI=true``, where they fail.
+
+Run as a script, it is one worker of a fleet: ``python tests/_redis.py URL PREFIX
+START SECONDS RATE`` waits until the wall-clock time ``START``, then sends (as
+:data:`CALLERS` concurrent callers that reserve a slot of one shared limit, ``RATE``
+a second with burst :data:`BURST`, and sleep until it) for ``SECONDS``, and prints
+how many it sent and the wall-clock times of its first and last.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+INSTALL_HINT = (
+    "redis-server is not installed: apt-get install -y redis-server (Debian/Ubuntu), "
+    "brew install redis (macOS); CI installs it in .ci/run"
+)
+
+
+#: The shared limit's burst in :func:`run_workers`: a few slots banked, so that a
+#: slot freed between two workers' polls is not lost (burst 1 loses the poll delay).
+BURST = 10
+#: Concurrent callers per worker process, each with a reservation outstanding.
+CALLERS = 4
+
+
+def find_server() -> str | None:
+    """The path of ``redis-server``, or ``None``."""
+    return shutil.which("redis-server")
+
+
+def missing_server_message() -> tuple[bool, str]:
+    """Whether a missing server must fail the run (CI), and what to say."""
+    return os.environ.get("CI", "").lower() == "true", INSTALL_HINT
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class RedisServer:
+    """One ``redis-server`` process on loopback that a test can kill, pause and restart."""
+
+    def __init__(self, binary: str) -> None:
+        self.binary = binary
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="resilience-redis-")
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                self.dir,
+                "--protected-mode",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10.0
+        while time.monotonic() < deadline:
+            if self.command(b"PING") == b"+PONG":
+                return
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.01)  # waiting for a server process to come up, not a test's time
+        raise RuntimeError(f"redis-server did not start on port {self.port}")
+
+    def command(self, *words: bytes) -> bytes | None:
+        """One inline command; the first line of its reply, or ``None`` when unreachable."""
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1.0) as sock:
+                sock.sendall(b" ".join(words) + b"\r\n")
+                return sock.recv(65536).split(b"\r\n", 1)[0]
+        except OSError:
+            return None
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
+    def pause(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.resume()
+            self.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def run_workers(
+    url: str, prefix: str, workers: int, seconds: float, rate: float
+) -> tuple[list[int], float]:
+    """Start ``workers`` processes sharing one limit: the slots each was given, and
+    the seconds from the first slot given to the last (whoever got them)."""
+    start = time.time() + 2.0  # room for every interpreter to start and connect
+    processes = [
+        subprocess.Popen(
+            [sys.executable, __file__, url, prefix, repr(start), repr(seconds), repr(rate)],
+            stdout=subprocess.PIPE,
+        )
+        for _ in range(workers)
+    ]
+    counts, firsts, lasts = [], [], []
+    for process in processes:
+        out, _ = process.communicate(timeout=60)
+        assert process.returncode == 0
+        given, first, last = out.split()[-3:]
+        counts.append(int(given))
+        firsts.append(float(first))
+        lasts.append(float(last))
+    return counts, max(lasts) - min(firsts)
+
+
+def _worker(url: str, prefix: str, start: float, seconds: float, rate: float) -> None:
+    import asyncio
+
+    from resilience import RedisStore
+
+    async def main() -> tuple[int, float, float]:
+        store = RedisStore(url=url, prefix=prefix, timeout=1.0)
+        await store.take_slot("warmup", 0.0, 1e-6, 1000, 0.0)  # connect before the start
+        await asyncio.sleep(max(0.0, start - time.time()))
+        end = time.time() + seconds
+        sent: list[float] = []
+
+        async def caller() -> None:
+            # As the layer does: reserve the next slot, sleep until it, send.
+            while True:
+                admitted, wait = await store.take_slot("shared", 0.0, 1.0 / rate, BURST, 1.0)
+                if admitted:
+                    await asyncio.sleep(wait)
+                    now = time.time()
+                    if now >= end:
+                        return
+                    sent.append(now)
+
+        await asyncio.gather(*(caller() for _ in range(CALLERS)))
+        await store.aclose()
+        assert store.fallback_calls == 0
+        return len(sent), min(sent, default=math.inf), max(sent, default=0.0)
+
+    print(*asyncio.run(main()))
+
+
+if __name__ == "__main__":
+    _worker(sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5]))
