@@ -31,6 +31,7 @@ from typing import Any
 import attrs
 import httpx
 
+from ._bodies import BODY_TRUNCATED
 from ._classifier import (
     Classifier,
     classify_error,
@@ -39,7 +40,6 @@ from ._classifier import (
     safe_classify,
 )
 from ._lazy import callable_or_lazy, later
-from ._pipeline import BODY_TRUNCATED
 from ._verdict import Action, FieldError, Problem, Verdict
 from .errors import ConfigurationError
 
@@ -405,7 +405,12 @@ class TableClassifier:
         entry = self.codes.lookup(parsed.code) if parsed.code is not None else None
         if entry is None:
             return self.unknown_code(request, response, parsed)
-        return self.verdict_for(response, entry.action, parsed)
+        verdict = self.verdict_for(response, entry.action, parsed)
+        if entry.status == 429 and verdict.breaker_failure:
+            # The vendor's rate-limit code, whatever status carried it: a quota, not an
+            # unhealthy server, so it never counts against a circuit breaker.
+            verdict = attrs.evolve(verdict, breaker_failure=False)
+        return verdict
 
     def unknown_code(
         self, request: httpx.Request, response: httpx.Response, parsed: ParsedError

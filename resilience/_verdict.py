@@ -109,7 +109,12 @@ def _short(text: str, limit: int = 120) -> str:
 
 
 def _default_breaker_failure(verdict: Verdict) -> bool:
-    return verdict.action is Action.RETRY
+    # A 429 is a healthy server enforcing our quota: opening the circuit on it would
+    # fail the calls the quota still allows. Only other RETRY verdicts count.
+    if verdict.action is not Action.RETRY:
+        return False
+    problem = verdict.problem
+    return getattr(problem, "status", None) != 429
 
 
 def _check_action(_: object, attribute: attrs.Attribute[Any], value: Any) -> None:
@@ -139,7 +144,8 @@ class Verdict:
     breaker_failure: bool = attrs.field(
         default=attrs.Factory(_default_breaker_failure, takes_self=True), kw_only=True
     )
-    """Whether a circuit breaker counts this attempt as a failure (default: RETRY)."""
+    """Whether a circuit breaker counts this attempt as a failure (default: a RETRY
+    whose problem is not an HTTP 429: a rate limit says nothing of the server's health)."""
 
     @property
     def reason(self) -> str:

@@ -23,10 +23,11 @@ def verdict_for(status: int, **headers: str) -> Verdict:
 
 @pytest.mark.parametrize("status", [408, 425, 429, 500, 502, 503, 504])
 def test_transient_statuses_are_retry(status: int) -> None:
-    """408, 425, 429, 500, 502, 503 and 504 are RETRY and count as breaker failures."""
+    """408, 425, 429, 500, 502, 503 and 504 are RETRY; all but the quota's 429 count
+    as breaker failures."""
     verdict = verdict_for(status)
     assert verdict.action is Action.RETRY
-    assert verdict.breaker_failure is True
+    assert verdict.breaker_failure is (status != 429)
     assert verdict.problem is not None
     assert (verdict.problem.vendor, verdict.problem.status, verdict.problem.code) == (
         "http",
