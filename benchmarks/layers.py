@@ -10,6 +10,12 @@ layer's own cost is its row minus that one.
 
 Variants run interleaved in rounds, in a rotating order (as in ``overhead.py``), and
 the table reports the median µs per call and the ratio to the bare transport.
+
+The mock answers without waiting, so a layer that only pays when the attempt waits
+shows none of that cost. ``--waiting`` makes every transport wait one event-loop
+round per request (``anyio.lowlevel.checkpoint()``, as a network read would): then
+``Hedge`` starts its timer task on every call, which is its cost on a real network.
+``RateLimiter`` is measured when the package has it, with a rate it never reaches.
 """
 
 from __future__ import annotations
@@ -24,10 +30,12 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import resilience
 from resilience import (
     AuthRefresh,
     CircuitBreaker,
@@ -52,12 +60,18 @@ def ok(request: httpx.Request) -> httpx.Response:
     return httpx.Response(200, content=BODY)
 
 
+async def ok_waiting(request: httpx.Request) -> httpx.Response:
+    await anyio.lowlevel.checkpoint()
+    return httpx.Response(200, content=BODY)
+
+
 def cached(request: httpx.Request, error: Exception) -> httpx.Response:
     return httpx.Response(200, content=BODY)  # pragma: no cover - never on this path
 
 
-def variants() -> dict[str, Any]:
+def variants(waiting: bool = False) -> dict[str, Any]:
     """Every variant's transport, the bare one first."""
+    answer: Any = ok_waiting if waiting else ok
     layers: dict[str, Any] = {
         "empty pipeline": None,
         "Retry()": Retry(),
@@ -70,10 +84,13 @@ def variants() -> dict[str, Any]:
         "Hedge(delay=1.0)": Hedge(delay=1.0),
         "Hedge(percentile=95)": Hedge(percentile=95.0),
     }
-    found: dict[str, Any] = {"bare": httpx.MockTransport(ok)}
+    rate_limiter = getattr(resilience, "RateLimiter", None)
+    if rate_limiter is not None:
+        layers["RateLimiter(rate=1e9)"] = rate_limiter(rate=1e9)
+    found: dict[str, Any] = {"bare": httpx.MockTransport(answer)}
     for name, layer in layers.items():
         pipeline = Pipeline([layer] if layer is not None else [], telemetry=False)
-        found[name] = ResilientTransport(pipeline, inner=httpx.MockTransport(ok))
+        found[name] = ResilientTransport(pipeline, inner=httpx.MockTransport(answer))
     return found
 
 
@@ -96,8 +113,8 @@ async def time_step(step: Step, calls: int) -> float:
     return (time.perf_counter() - start) / calls * 1e6
 
 
-async def main(rounds: int, calls: int, backend: str) -> None:
-    steps = {name: transport_step(t) for name, t in variants().items()}
+async def main(rounds: int, calls: int, backend: str, waiting: bool) -> None:
+    steps = {name: transport_step(t) for name, t in variants(waiting).items()}
     for step in steps.values():  # warm up
         await time_step(step, max(calls // 10, 10))
     samples: dict[str, list[float]] = {name: [] for name in steps}
@@ -112,7 +129,8 @@ async def main(rounds: int, calls: int, backend: str) -> None:
     empty = medians["empty pipeline"]
     print(
         f"python {sys.version.split()[0]}, httpx {httpx.__version__}, {backend}; "
-        f"{rounds} interleaved rounds of {calls} calls, median µs per call (success path)"
+        f"{rounds} interleaved rounds of {calls} calls, median µs per call (success path"
+        f"{', the transport waits once per request' if waiting else ''})"
     )
     print(f"{'variant':<30} {'µs/call':>8} {'ratio':>6} {'layer µs':>9}")
     print("-" * 56)
@@ -127,7 +145,10 @@ if __name__ == "__main__":
     parser.add_argument("--calls", type=int, default=1000, help="calls per round")
     parser.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio")
     parser.add_argument("--quick", action="store_true", help="a short run (5 rounds)")
+    parser.add_argument(
+        "--waiting", action="store_true", help="the transport waits one loop round per request"
+    )
     args = parser.parse_args()
     if args.quick:
         args.rounds, args.calls = 5, 300
-    anyio.run(main, args.rounds, args.calls, args.backend, backend=args.backend)
+    anyio.run(main, args.rounds, args.calls, args.backend, args.waiting, backend=args.backend)

@@ -22,9 +22,11 @@ the ring rather than letting hedging hide it).
 
 from __future__ import annotations
 
+import contextvars
 import math
-from collections.abc import Collection
-from typing import Any
+import types
+from collections.abc import Awaitable, Callable, Collection, Generator
+from typing import Any, TypeVar
 
 import anyio
 import anyio.abc
@@ -33,12 +35,14 @@ import httpx
 
 from . import _validate as v
 from ._http import IDEMPOTENT_METHODS, is_idempotent
+from ._layer import Call, CallNext, Outcome, PipelineEnv
 from ._layer_events import HedgeSent
-from ._pipeline import Call, CallNext, Outcome, PipelineEnv
 from ._verdict import Action, Problem, Verdict
 from .errors import ConfigurationError, ResilienceError
 
 __all__ = ["Hedge"]
+
+T = TypeVar("T")
 
 _RETRY = Action.RETRY
 _ACCEPT = Action.ACCEPT
@@ -185,18 +189,24 @@ class _HedgeHandler:
     def budget_allows(self, now: float) -> bool:
         """Take a hedge's token from the retry budget, when the pipeline has one."""
         # Looked up per hedge, not at bind: a Retry above binds after this layer.
-        bucket = self._env.shared.get("retry_budget")
-        if bucket is None:
-            return True
-        return bool(bucket.try_withdraw(now))
+        bucket = self._env.budget
+        return bucket is None or bucket.try_withdraw(now)
 
 
 class _Race:
-    """One call's attempts: the first runs in the caller's task, hedges in a group."""
+    """One call's attempts: the first runs in the caller's task, hedges in a group.
+
+    The timer (``_pace``) is started when an attempt first waits, not before: a
+    first attempt that answers without waiting leaves the group empty, and an
+    idle group is cheap to leave (no task to cancel and join).
+    """
 
     __slots__ = (
+        "armed",
         "call",
         "call_next",
+        "context",
+        "delay",
         "failure",
         "group",
         "handler",
@@ -231,23 +241,29 @@ class _Race:
         """The race is decided: every attempt still out is being cancelled."""
         self.raised: Exception | None = None
         """What an attempt raised (a layer below failing), when no attempt won."""
+        self.armed = False
+        """The timer task is started."""
+        self.delay = 0.0
+        self.context = contextvars.copy_context()
+        """The caller's context as the call left it (the call span current): the
+        timer and the hedges start from it, not from inside the first attempt."""
 
     async def run(self) -> Outcome:
         handler = self.handler
         call = self.call
         report = call.report
         unclassified = report.attempts - len(report.verdicts)
-        delay = handler.current_delay()
-        clock = handler._clock
-        self.started = clock.now()
+        self.delay = handler.current_delay()
+        self.started = handler._clock.now()
         first: Outcome | None = None
         try:
             async with anyio.create_task_group() as group:
                 self.group = group
-                group.start_soon(self._pace, delay)
                 self.pending += 1
                 try:
-                    first = await self.call_next(self.request, call)
+                    # The first attempt runs in this task; the timer starts only if
+                    # it has to wait (an answer without waiting cannot be slow).
+                    first = await _arming(self.call_next(self.request, call), self._arm)
                 except Exception as exc:
                     self._fault(exc)
                 finally:
@@ -272,6 +288,15 @@ class _Race:
         self._pad(report, unclassified, outcome)
         return outcome
 
+    def _arm(self) -> None:
+        """Start the timer (once): an attempt is out and may be slow."""
+        if self.armed or self.over:
+            return
+        self.armed = True
+        group = self.group
+        assert group is not None
+        self.context.run(group.start_soon, self._pace, self.delay)
+
     def _record(self, first: Outcome | None) -> None:
         """Note the first attempt's latency for the percentile."""
         latencies = self.handler._latencies
@@ -288,7 +313,7 @@ class _Race:
         """Send a hedge every ``delay`` seconds while no attempt has answered."""
         clock = self.handler._clock
         config = self.handler._config
-        # The race may be over before this task first runs (a fast answer).
+        # The race may be over before this task first runs (an answer soon after).
         while self.sent <= config.max_hedges and not self.stopped and not self.over:
             await clock.sleep(delay)
             if self.sent <= config.max_hedges and not self.stopped and not self.over:
@@ -317,9 +342,12 @@ class _Race:
             ),
             call,
         )
-        assert self.group is not None
+        group = self.group
+        assert group is not None
         self.pending += 1
-        self.group.start_soon(self._hedge)
+        group.start_soon(self._hedge)
+        # A hedge may be slow too: the next one goes out a delay later.
+        self._arm()
         return True
 
     async def _hedge(self) -> None:
@@ -377,7 +405,9 @@ class _Race:
     def _stop(self) -> None:
         self.over = True
         group = self.group
-        if group is not None:
+        # With no task started there is nothing to cancel (and a cancelled task
+        # group costs twice an idle one to leave, under asyncio).
+        if group is not None and self.armed:
             group.cancel_scope.cancel()
 
     async def _discard(self) -> None:
@@ -404,6 +434,43 @@ class _Race:
                 if verdicts[index] is final:
                     verdicts.append(verdicts.pop(index))
                     break
+
+
+@types.coroutine
+def _arming(awaitable: Awaitable[T], arm: Callable[[], None]) -> Generator[Any, Any, T]:
+    """Await ``awaitable`` in the current task, calling ``arm`` when it first waits.
+
+    Each step is passed through unchanged (asyncio's futures, trio's
+    traps, cancellations thrown in). A coroutine that finishes without waiting
+    never calls ``arm``: a call answered at once starts no timer task, which costs
+    more than the rest of the layer together.
+    """
+    coro = awaitable.__await__()
+    try:
+        signal = coro.send(None)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+    try:
+        arm()
+    except BaseException:
+        coro.close()
+        raise
+    while True:
+        try:
+            sent = yield signal
+        except GeneratorExit:
+            coro.close()
+            raise
+        except BaseException as exc:
+            try:
+                signal = coro.throw(exc)
+            except StopIteration as done:
+                return done.value  # type: ignore[no-any-return]
+        else:
+            try:
+                signal = coro.send(sent)
+            except StopIteration as done:
+                return done.value  # type: ignore[no-any-return]
 
 
 def _replica(request: httpx.Request) -> httpx.Request:

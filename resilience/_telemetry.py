@@ -8,6 +8,9 @@ CLIENT span per attempt, following the HTTP client semantic conventions),
 events, metrics, log lines), and ``AuthRefresh`` wraps each token fetch in
 :meth:`Instrumentation.token_refresh` (the INTERNAL span ``resilience.auth.refresh``).
 The names are those of ``TELEMETRY.md``; ``docs/telemetry.md`` is the user's guide.
+:class:`Instrumentation` is what the ``Instrument`` protocol of ``_layer.py``
+describes: this module reads the layer contract and never imports the engine,
+which imports it only when it builds a pipeline with telemetry.
 
 Cost. With the OpenTelemetry API but no SDK, the API hands out non-recording spans,
 yet ``start_as_current_span`` still costs 13 to 19 µs and ``start_span`` about
@@ -41,7 +44,7 @@ import logging
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 from urllib.parse import unquote_plus
 
 import httpx
@@ -55,11 +58,15 @@ from ._events import (
     CallHeld,
     CallReleased,
     CircuitStateChanged,
+    ConcurrencyLimitReached,
     Event,
+    FallbackUsed,
+    HedgeSent,
     PartialFailureReported,
     RetryScheduled,
 )
 from ._http import DEFAULT_PORTS
+from ._report import GaveUp
 from ._secret import WITHHELD, _needles, mentions
 from ._telemetry_names import DEFAULT_KNOWN_METHODS, known_methods_from_env
 from ._verdict import Action
@@ -71,12 +78,11 @@ if TYPE_CHECKING:
     from opentelemetry.metrics import Counter, Histogram, Meter, UpDownCounter
     from opentelemetry.util.types import AttributeValue
 
-    from ._pipeline import Call, Outcome
+    from ._layer import Call, CallNext, Outcome
 
 __all__ = [
     "RESEND_COUNT_EXTENSION",
     "Instrumentation",
-    "make_instrumentation",
     "redact_url",
     "request_hook",
 ]
@@ -135,6 +141,17 @@ HOLD_KEY = "resilience.hold.key"
 HOLD_COUNT = "resilience.hold.count"
 HOLD_WAITED = "resilience.hold.waited"
 HOLD_OUTCOME = "resilience.hold.outcome"
+HEDGE_EVENT = "resilience.hedge"
+HEDGE_NUMBER = "resilience.hedge.number"
+HEDGE_ELAPSED = "resilience.hedge.elapsed"
+HEDGE_TRIGGER = "resilience.hedge.trigger"
+LIMIT_EVENT = "resilience.concurrency_limit.rejected"
+LIMIT_KEY = "resilience.concurrency_limit.key"
+LIMIT_LIMIT = "resilience.concurrency_limit.limit"
+LIMIT_REASON = "resilience.concurrency_limit.reason"
+FALLBACK_EVENT = "resilience.fallback"
+FALLBACK = "resilience.fallback"
+"""On the call span: the class name of the error a ``Fallback`` answer replaced."""
 
 # The methods the HTTP conventions know; any other is reported as ``_OTHER``
 # (``Pipeline(known_methods=...)`` or OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS replace them).
@@ -257,6 +274,9 @@ class _Meters:
         "attempt_duration",
         "breaker_state",
         "call_duration",
+        "fallbacks",
+        "hedges",
+        "limit_rejections",
         "refreshes",
         "rejections",
         "retries",
@@ -295,6 +315,21 @@ class _Meters:
             "resilience.auth.refreshes",
             unit="{refresh}",
             description="Token fetches by AuthRefresh.",
+        )
+        self.hedges: Counter = meter.create_counter(
+            "resilience.client.call.hedges",
+            unit="{hedge}",
+            description="Extra attempts sent by the Hedge layer.",
+        )
+        self.fallbacks: Counter = meter.create_counter(
+            "resilience.client.call.fallbacks",
+            unit="{call}",
+            description="Failed calls the Fallback layer answered instead.",
+        )
+        self.limit_rejections: Counter = meter.create_counter(
+            "resilience.concurrency_limit.rejections",
+            unit="{call}",
+            description="Calls that failed fast because a concurrency limit had no slot.",
         )
         self.attempt_duration: Histogram = meter.create_histogram(
             "http.client.request.duration",
@@ -440,9 +475,9 @@ def _attempt_error_type(outcome: Outcome) -> str | None:
     return None
 
 
-def _is_timeout(error: BaseException, gave_up: str | None) -> bool:
+def _is_timeout(error: BaseException, gave_up: GaveUp | None) -> bool:
     return (
-        gave_up == "deadline"
+        gave_up == GaveUp.DEADLINE
         or isinstance(error, httpx.TimeoutException)
         or isinstance(error.__cause__, httpx.TimeoutException)
     )
@@ -483,6 +518,11 @@ class _CallTrace:
         self.needles: tuple[str, ...] = ()
 
 
+def _trace_of(call: Call) -> _CallTrace | None:
+    """``call.trace``, which only this module sets: a :class:`_CallTrace` or ``None``."""
+    return cast("_CallTrace | None", call.trace)
+
+
 # --- the instrumentation -----------------------------------------------------------------
 
 
@@ -496,9 +536,11 @@ class Instrumentation:
     Args:
         vendor: the classifier's vendor name (``resilience.vendor``).
         name: the pipeline's name (``resilience.pipeline``; default: ``vendor``).
-        known_methods: the methods recorded as themselves (default: the
-            conventions' list); any other is ``_OTHER``.
-        tracer_provider: a tracer provider, or ``None`` for the global one.
+        known_methods: the methods recorded as themselves (default: those
+            ``OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS`` names, read once, here;
+            else the conventions' list); any other is ``_OTHER``.
+        tracer_provider: a tracer provider, or ``None`` for the global one
+            (resolved lazily: it may be set after the pipeline is built).
         meter_provider: a meter provider, or ``None`` for the global one.
     """
 
@@ -507,13 +549,15 @@ class Instrumentation:
         *,
         vendor: str,
         name: str | None = None,
-        known_methods: frozenset[str] = KNOWN_METHODS,
+        known_methods: frozenset[str] | None = None,
         tracer_provider: trace.TracerProvider | None = None,
         meter_provider: otel_metrics.MeterProvider | None = None,
     ) -> None:
         self.vendor = vendor
         self.name = vendor if name is None else name
-        self.known_methods = known_methods
+        self.known_methods = (
+            known_methods if known_methods is not None else known_methods_from_env()
+        )
         # What every span and metric point of this pipeline carries.
         self._identity: dict[str, AttributeValue] = {VENDOR: vendor, PIPELINE: self.name}
         self._tracer: _Resolved[trace.TracerProvider, trace.Tracer] = _Resolved(
@@ -544,7 +588,9 @@ class Instrumentation:
 
     # -- the logical call --
 
-    async def run_call(self, call: Call, fn: Callable[[Call], Awaitable[httpx.Response]]) -> Any:
+    async def run_call(
+        self, call: Call, fn: Callable[[Call], Awaitable[httpx.Response]]
+    ) -> httpx.Response:
         """Run ``fn(call)`` (the whole call) inside the ``resilience.call`` span.
 
         Args:
@@ -658,7 +704,7 @@ class Instrumentation:
         self,
         call: Call,
         request: httpx.Request,
-        fn: Callable[[httpx.Request, Call], Awaitable[Outcome]],
+        fn: CallNext,
     ) -> Outcome:
         """Run ``fn(request, call)`` (one attempt: send and classify) in a CLIENT span.
 
@@ -676,7 +722,7 @@ class Instrumentation:
         Returns:
             The attempt's outcome.
         """
-        state: _CallTrace | None = call.trace
+        state = _trace_of(call)
         resend = call.report.attempts - 1
         if state is None:
             request.extensions[RESEND_COUNT_EXTENSION] = resend
@@ -816,13 +862,19 @@ class Instrumentation:
             call: the call it happened in, when there is one.
         """
         if isinstance(event, RetryScheduled):
-            self._on_retry(event, call.trace if call is not None else None)
+            self._on_retry(event, _trace_of(call) if call is not None else None)
         elif isinstance(event, CircuitStateChanged):
             self._on_breaker(event, call)
         elif isinstance(event, PartialFailureReported):
             self._on_partial(event, call)
         elif isinstance(event, (CallHeld, CallReleased)):
             self._on_hold(event, call)
+        elif isinstance(event, HedgeSent):
+            self._on_hedge(event, call)
+        elif isinstance(event, FallbackUsed):
+            self._on_fallback(event, call)
+        elif isinstance(event, ConcurrencyLimitReached):
+            self._on_limit(event, call)
         # TokenRefreshed: token_refresh() already made the span and the count, and
         # AuthRefresh logs each new token itself.
 
@@ -907,6 +959,77 @@ class Instrumentation:
             failed = tuple(sorted(event.failures))
             span.add_event(PARTIAL_EVENT, {PARTIAL_FAILED: failed, PARTIAL_COUNT: len(failed)})
 
+    def _on_hedge(self, event: HedgeSent, call: Call | None) -> None:
+        # The hedge's own attempt span (with its resend count) is made as it is sent.
+        logger.debug(
+            "resilience hedge %d of %s %s after %.3fs (%s, vendor %s)",
+            event.hedge,
+            event.method,
+            event.host,
+            event.elapsed,
+            event.trigger,
+            self.vendor,
+        )
+        state = _trace_of(call) if call is not None else None
+        if state is None:
+            return
+        if state.recording and state.span is not None:
+            state.span.add_event(
+                HEDGE_EVENT,
+                {
+                    HEDGE_NUMBER: event.hedge,
+                    HEDGE_ELAPSED: event.elapsed,
+                    HEDGE_TRIGGER: event.trigger,
+                },
+            )
+        if state.meters is not None:
+            state.meters.hedges.add(1, {**state.labels, HEDGE_TRIGGER: event.trigger})
+
+    def _on_fallback(self, event: FallbackUsed, call: Call | None) -> None:
+        logger.info(
+            "resilience fallback answered %s %s in place of %s%s (vendor %s)",
+            event.method,
+            event.host,
+            event.error,
+            f" ({event.code})" if event.code else "",
+            self.vendor,
+        )
+        state = _trace_of(call) if call is not None else None
+        if state is None:
+            return
+        code = event.code
+        if code is not None and state.needles and mentions(code, state.needles):
+            code = WITHHELD
+        if state.recording and state.span is not None:
+            attributes: dict[str, AttributeValue] = {ERROR_TYPE: event.error}
+            if code is not None:
+                attributes[PROBLEM_CODE] = code
+            state.span.add_event(FALLBACK_EVENT, attributes)
+            state.span.set_attribute(FALLBACK, event.error)
+        if state.meters is not None:
+            state.meters.fallbacks.add(1, {**state.labels, ERROR_TYPE: event.error})
+
+    def _on_limit(self, event: ConcurrencyLimitReached, call: Call | None) -> None:
+        logger.info(
+            "resilience concurrency limit of %d reached for %s (%s, vendor %s)",
+            event.limit,
+            event.key,
+            event.reason,
+            self.vendor,
+        )
+        span = _event_span(call)
+        if span is not None:
+            span.add_event(
+                LIMIT_EVENT,
+                {LIMIT_KEY: event.key, LIMIT_LIMIT: event.limit, LIMIT_REASON: event.reason},
+            )
+        # Limits outlive calls: counted by key whether this call records or not.
+        meters = self._meters.get()
+        if meters is not None:
+            meters.limit_rejections.add(
+                1, {LIMIT_KEY: event.key, LIMIT_REASON: event.reason, **self._identity}
+            )
+
     # -- credentials --
 
     def withhold(self, call: Call, secret: str) -> None:
@@ -917,7 +1040,7 @@ class Instrumentation:
         layer withholds what a vendor echoed of the token (in an error code, say)
         from the outcome. A no-op when the call does not record.
         """
-        state: _CallTrace | None = call.trace
+        state = _trace_of(call)
         if state is None or not secret or secret in state.secrets:
             return
         state.secrets = (*state.secrets, secret)
@@ -943,7 +1066,7 @@ class Instrumentation:
             A context manager (a no-op one when nothing records).
         """
         if call is not None:
-            state: _CallTrace | None = call.trace
+            state = _trace_of(call)
             if state is None:
                 return _NO_SCOPE
             tracer, meters = state.tracer, state.meters
@@ -998,7 +1121,7 @@ class Instrumentation:
 def _event_span(call: Call | None) -> trace.Span | None:
     """Where an event goes: the call span, or (outside a call) the current span."""
     if call is not None:
-        state: _CallTrace | None = call.trace
+        state = _trace_of(call)
         return state.span if state is not None and state.recording else None
     span = trace.get_current_span()
     return span if span.is_recording() else None
@@ -1010,6 +1133,10 @@ def _outcome_of_response(call: Call, response: httpx.Response | None) -> tuple[s
     partial = report.partial
     if partial is not None and partial.failures:
         return "partial", None
+    if report.fallback is not None:
+        # The caller got an answer: the replaced error is the ``resilience.fallback``
+        # attribute, not an error of the call.
+        return "fallback", None
     last = report.verdicts[-1] if report.verdicts else None
     if last is None or last.action is Action.ACCEPT or last.action is Action.SPLIT:
         return "success", None
@@ -1054,35 +1181,3 @@ async def request_hook(span: trace.Span, request: Any) -> None:
     count = extensions.get(RESEND_COUNT_EXTENSION)
     if isinstance(count, int) and count > 0 and span.is_recording():
         span.set_attribute(HTTP_RESEND_COUNT, count)
-
-
-def make_instrumentation(
-    *,
-    vendor: str,
-    name: str | None = None,
-    known_methods: frozenset[str] | None = None,
-    tracer_provider: trace.TracerProvider | None = None,
-    meter_provider: otel_metrics.MeterProvider | None = None,
-) -> Instrumentation:
-    """The instrumentation of a pipeline.
-
-    Args:
-        vendor: the classifier's vendor name.
-        name: the pipeline's name (default: ``vendor``).
-        known_methods: the known HTTP methods (default: those
-            ``OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS`` names, else the
-            conventions' list), read once, here.
-        tracer_provider: a tracer provider, or ``None`` for the global one
-            (resolved lazily: it may be set after the pipeline is built).
-        meter_provider: a meter provider, or ``None`` for the global one.
-
-    Returns:
-        The pipeline's :class:`Instrumentation`.
-    """
-    return Instrumentation(
-        vendor=vendor,
-        name=name,
-        known_methods=known_methods if known_methods is not None else known_methods_from_env(),
-        tracer_provider=tracer_provider,
-        meter_provider=meter_provider,
-    )

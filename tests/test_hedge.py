@@ -128,6 +128,27 @@ async def test_a_fast_answer_sends_no_hedge() -> None:
     assert clock.sleeps == []
 
 
+class CountingTasks(ScriptedTransport):
+    """A ScriptedTransport that notes how many tasks are running as it answers."""
+
+    tasks: list[int]
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.tasks = [*getattr(self, "tasks", []), len(anyio.get_running_tasks())]
+        return await super().handle_async_request(request)
+
+
+async def test_an_answer_without_waiting_starts_no_task() -> None:
+    """The success path's cost: an attempt that answers without waiting runs with
+    as many tasks as without Hedge (no timer task was started for it)."""
+    bare = CountingTasks([reply(200)])
+    await get(make(bare))
+    hedged = CountingTasks([reply(200)])
+    response = await get(make(hedged, Hedge(delay=0.1)))
+    assert (report(response).attempts, report(response).hedges) == (1, 0)
+    assert hedged.tasks == bare.tasks
+
+
 async def test_a_fast_failure_hedges_at_once_and_its_response_is_closed() -> None:
     """A 503 comes back at once: the hedge goes out without waiting the delay, and
     the 503's response is closed."""
