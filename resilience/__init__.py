@@ -2,7 +2,8 @@
 
 Layers (Timeout, PartialFailureSplitter, Retry, CircuitBreaker, AuthRefresh) stack
 into a :class:`Pipeline` that plugs into ``httpx.AsyncClient`` through
-:class:`ResilientTransport`; a classifier (generic or a vendor plugin) turns each
+:class:`ResilientTransport` (or use :class:`AsyncClient`, which keeps the client's
+settings and proxies); a classifier (generic or a vendor plugin) turns each
 attempt into a :class:`Verdict` that tells the layers what to do.
 """
 
@@ -11,15 +12,7 @@ from __future__ import annotations
 import contextlib
 
 from . import errors
-from ._auth import (
-    AuthRefresh,
-    OAuth2ClientCredentials,
-    StaticToken,
-    Token,
-    TokenFetchError,
-    TokenProvider,
-    token_from_response,
-)
+from ._auth import AuthRefresh
 from ._breaker import Circuit, CircuitBreaker, CircuitRegistry, CircuitState
 from ._classifier import (
     Classifier,
@@ -29,30 +22,45 @@ from ._classifier import (
     classify_status,
     parse_retry_after,
     retry_after_of,
+    safe_classify,
 )
+from ._client import AsyncClient
 from ._clock import Clock, SystemClock
+from ._concurrency import ConcurrencyLimit
 from ._events import (
+    CallHeld,
+    CallReleased,
     CircuitStateChanged,
+    ConcurrencyLimitReached,
     Event,
+    FallbackUsed,
+    HedgeSent,
     PartialFailureReported,
+    RateLimited,
     RetryScheduled,
     TokenRefreshed,
 )
-from ._pipeline import Call, CallNext, Handler, Layer, Outcome, Pipeline, PipelineEnv
+from ._fallback import Fallback
+from ._hedge import Hedge
+from ._hold import Hold
+from ._http import IDEMPOTENT_METHODS, MAX_HINT_SECONDS, is_idempotent
+from ._layer import Call, CallNext, Handler, Layer, Outcome, PipelineEnv
+from ._order import LayerOrderWarning
+from ._pipeline import Pipeline
 from ._plugin import (
     CodeEntry,
     CodeTable,
     ParsedError,
     TableClassifier,
     VendorPlugin,
-    jwt_expires_in,
     parse_json_object,
-    post_for_token,
 )
 from ._presets import PresetSettings, standard_pipeline
-from ._report import CallReport, PartialReport
-from ._retry import Backoff, ExponentialBackoff, Retry, RetryBudget
-from ._secret import Secret
+from ._ratelimit import RateLimiter
+from ._redis_store import RedisStore
+from ._report import CallReport, GaveUp, PartialReport, report_of
+from ._retry import Backoff, ExponentialBackoff, JitterMode, Retry, RetryBudget
+from ._secret import Secret, scrub_problem
 from ._splitter import (
     PartialFailureSplitter,
     Split,
@@ -60,19 +68,34 @@ from ._splitter import (
     merge_json,
     render_json,
 )
+from ._store import MemoryStore, StateStore
 from ._telemetry import RESEND_COUNT_EXTENSION, request_hook
 from ._timeout import Timeout
+from ._tokens import (
+    OAuth2ClientCredentials,
+    StaticToken,
+    Token,
+    TokenProvider,
+    VendorToken,
+    jwt_expires_in,
+    post_for_token,
+    token_from_response,
+)
 from ._transport import ResilientTransport
 from ._verdict import Action, FieldError, Problem, Verdict
+from .errors import TokenFetchError
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the one place: pyproject.toml and `resilience --version` read it
 
 __all__ = [
     "Action",
+    "AsyncClient",
     "AuthRefresh",
     "Backoff",
     "Call",
+    "CallHeld",
     "CallNext",
+    "CallReleased",
     "CallReport",
     "Circuit",
     "CircuitBreaker",
@@ -83,12 +106,25 @@ __all__ = [
     "Clock",
     "CodeEntry",
     "CodeTable",
+    "ConcurrencyLimit",
+    "ConcurrencyLimitReached",
     "Event",
     "ExponentialBackoff",
+    "Fallback",
+    "FallbackUsed",
     "FieldError",
+    "GaveUp",
     "Handler",
+    "Hedge",
+    "HedgeSent",
+    "Hold",
     "HttpClassifier",
+    "IDEMPOTENT_METHODS",
+    "JitterMode",
     "Layer",
+    "LayerOrderWarning",
+    "MAX_HINT_SECONDS",
+    "MemoryStore",
     "OAuth2ClientCredentials",
     "Outcome",
     "ParsedError",
@@ -100,6 +136,9 @@ __all__ = [
     "PresetSettings",
     "Problem",
     "RESEND_COUNT_EXTENSION",
+    "RateLimited",
+    "RateLimiter",
+    "RedisStore",
     "ResilientTransport",
     "Retry",
     "RetryBudget",
@@ -107,6 +146,7 @@ __all__ = [
     "Secret",
     "Split",
     "SplittingClassifier",
+    "StateStore",
     "StaticToken",
     "SystemClock",
     "TableClassifier",
@@ -116,19 +156,24 @@ __all__ = [
     "TokenProvider",
     "TokenRefreshed",
     "VendorPlugin",
+    "VendorToken",
     "Verdict",
     "available_classifiers",
     "classify_error",
     "classify_status",
     "errors",
+    "is_idempotent",
     "jwt_expires_in",
     "merge_json",
     "parse_json_object",
     "parse_retry_after",
     "post_for_token",
     "render_json",
+    "report_of",
     "request_hook",
     "retry_after_of",
+    "safe_classify",
+    "scrub_problem",
     "standard_pipeline",
     "token_from_response",
 ]

@@ -49,7 +49,7 @@ from ._classifier import (
     retry_after_of,
 )
 from ._events import TokenRefreshed
-from ._pipeline import Call, CallNext, Outcome, PipelineEnv
+from ._layer import Call, CallNext, Outcome, PipelineEnv
 from ._secret import Secret, mentions, scrub_problem
 from ._tokens import (
     Token,
@@ -423,9 +423,10 @@ class _AuthHandler:
         )
 
     def _attach(self, request: httpx.Request, token: Token, call: Call) -> httpx.Request:
-        if call.trace is not None:
+        instrument = self.env.instrument
+        if call.trace is not None and instrument is not None:
             # Telemetry writes the attempt's span before _withhold cleans the outcome.
-            self.env.instrument.withhold(call, token.value)
+            instrument.withhold(call, token.value)
         # A copy: the caller's request (which Retry may send again) never holds a token.
         headers = request.headers.copy()
         headers[self.config.header] = self.prefix + token.value
@@ -535,14 +536,10 @@ class _AuthHandler:
 
     async def _call_provider(self, call: Call, trigger: str) -> Token:
         provider = self.config.provider
-        span = getattr(self.env.instrument, "token_refresh", None)
+        instrument = self.env.instrument
         async with contextlib.AsyncExitStack() as stack:
-            if span is not None:
-                manager = span(call, trigger)
-                if hasattr(manager, "__aenter__"):
-                    await stack.enter_async_context(manager)
-                else:
-                    stack.enter_context(manager)
+            if instrument is not None:
+                stack.enter_context(instrument.token_refresh(call, trigger))
             http = await stack.enter_async_context(
                 httpx.AsyncClient(
                     transport=_BorrowedTransport(call.inner),

@@ -26,8 +26,8 @@ import httpx
 
 from . import _validate as v
 from ._breaker import _checkpoint, _function_name, host_key
+from ._layer import Call, CallNext, Outcome, PipelineEnv
 from ._layer_events import ConcurrencyLimitReached
-from ._pipeline import Call, CallNext, Outcome, PipelineEnv
 from ._verdict import Action, Problem, Verdict
 from .errors import ConcurrencyLimitExceeded, ConfigurationError
 
@@ -69,8 +69,8 @@ class ConcurrencyLimit:
 
     def bind(self, env: PipelineEnv) -> _LimitHandler:
         handler = _LimitHandler(self, env)
-        # Found by health checks and tests: pipeline.env.shared["concurrency_limits"].
-        env.shared.setdefault("concurrency_limits", []).append(handler)
+        # Found by health checks and tests: pipeline.env.concurrency_limits.
+        env.concurrency_limits.append(handler)
         return handler
 
 

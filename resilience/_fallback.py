@@ -26,8 +26,8 @@ import attrs
 import httpx
 
 from . import errors
+from ._layer import Call, CallNext, Outcome, PipelineEnv
 from ._layer_events import FallbackUsed
-from ._pipeline import Call, CallNext, Outcome, PipelineEnv
 from ._verdict import Action, Verdict
 from .errors import ConfigurationError, ResilienceError
 

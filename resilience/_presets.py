@@ -20,6 +20,7 @@ from ._breaker import CircuitBreaker
 from ._classifier import Classifier, load_plugin
 from ._clock import Clock
 from ._hold import Hold
+from ._layer import Layer
 from ._pipeline import Pipeline
 from ._retry import Backoff, ExponentialBackoff, Retry, RetryBudget
 from ._timeout import Timeout
@@ -93,13 +94,17 @@ class PresetSettings:
     a ramp (``None``: fail them fast with ``CircuitOpenError``)."""
     retry: Retry | None = None
     """A complete ``Retry`` layer replacing the one built from the fields above."""
-    breaker: Any = attrs.field(factory=CircuitBreaker)
+    breaker: Layer | None = attrs.field(
+        factory=CircuitBreaker, validator=v.has_method("bind", optional=True)
+    )
     """The circuit breaker layer (``None``: no breaker)."""
     auth_skew: float | None = attrs.field(
         default=None, validator=v.number(minimum=0, optional=True)
     )
     """Seconds before expiry a token is refreshed (default: AuthRefresh's own)."""
-    splitter: Any = None
+    splitter: Layer | None = attrs.field(
+        default=None, validator=v.has_method("bind", optional=True)
+    )
     """A partial-failure splitter layer, placed just inside the total timeout."""
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> tuple[PresetSettings, dict[str, Any]]:
@@ -135,9 +140,9 @@ class PresetSettings:
             options["idempotent_methods"] = self.idempotent_methods
         return Retry(**options)
 
-    def auth_layer(self, auth: Any) -> Any:
+    def auth_layer(self, auth: TokenProvider | Layer) -> Layer:
         """The auth layer for ``auth``: a token provider, or a ready layer as is."""
-        if callable(getattr(auth, "bind", None)):
+        if isinstance(auth, Layer):
             return auth
         options: dict[str, Any] = {}
         if self.auth_skew is not None:
@@ -148,13 +153,13 @@ class PresetSettings:
         self,
         classifier: str | Classifier,
         *,
-        auth: TokenProvider | Any | None = None,
+        auth: TokenProvider | Layer | None = None,
         clock: Clock | None = None,
         **overrides: Any,
     ) -> Pipeline:
         """The pipeline: these settings, then ``overrides``, on ``classifier``."""
         settings, pipeline_options = self.with_overrides(overrides)
-        layers: list[Any] = []
+        layers: list[Layer] = []
         if settings.total_timeout is not None:
             layers.append(Timeout(total=settings.total_timeout))
         if settings.splitter is not None:

@@ -10,10 +10,11 @@ import enum
 from collections.abc import Mapping
 
 import attrs
+import httpx
 
 from ._verdict import Verdict
 
-__all__ = ["CallReport", "GaveUp", "PartialReport"]
+__all__ = ["CallReport", "GaveUp", "PartialReport", "report_of"]
 
 
 class GaveUp(str, enum.Enum):
@@ -91,3 +92,24 @@ class CallReport:
     def retries(self) -> int:
         """How many retries were scheduled (the number of delays)."""
         return len(self.delays)
+
+
+def report_of(response: httpx.Response) -> CallReport:
+    """The report of a response a :class:`~resilience.Pipeline` returned.
+
+    The typed way to read ``response.extensions["resilience"]`` (also set on an
+    error's ``.response``). A response that did not come through a pipeline (a
+    client without ``ResilientTransport``, a response built by hand) has none:
+    that is a :class:`LookupError` saying so, rather than a ``None`` every caller
+    would have to check.
+    """
+    if not isinstance(response, httpx.Response):
+        raise TypeError(f"report_of() takes an httpx.Response, got {type(response).__name__}")
+    report = response.extensions.get("resilience")
+    if not isinstance(report, CallReport):
+        raise LookupError(
+            "this response did not come through a resilience Pipeline (its "
+            'extensions have no "resilience" report); send it with '
+            "ResilientTransport or resilience.AsyncClient"
+        )
+    return report

@@ -83,12 +83,28 @@ import attrs
 import httpx
 
 from . import _validate as v
+from ._backoff import (
+    Backoff,
+    ExponentialBackoff,
+    backoff_validator,
+    bind_backoff,
+    decide,
+    default_cap,
+    wait_for,
+)
 from ._events import PartialFailureReported, RetryScheduled
-from ._pipeline import Call, CallNext, Outcome, PipelineEnv, well_formed
-from ._report import PartialReport
-from ._retry import MIN_HINT_CAP, Backoff, ExponentialBackoff, TokenBucket
+from ._layer import (
+    BreakerRegistry,
+    Call,
+    CallNext,
+    Outcome,
+    PipelineEnv,
+    RetryBudgetState,
+    well_formed,
+)
+from ._report import GaveUp, PartialReport
 from ._verdict import ACCEPT, Action, Problem, Verdict
-from .errors import CircuitOpenError, ConfigurationError, PartialFailureError, describe_failure
+from .errors import CircuitOpenError, PartialFailureError, describe_failure
 
 __all__ = [
     "PartialFailureSplitter",
@@ -228,18 +244,6 @@ def render_json(request: httpx.Request, response: httpx.Response, payload: Any) 
     )
 
 
-def _backoff_validator(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if value is None:
-        return
-    if not callable(getattr(value, "delay", None)) or not isinstance(
-        getattr(value, "max_delay", None), (int, float)
-    ):
-        raise ConfigurationError(
-            f"PartialFailureSplitter: backoff must have delay() and max_delay, "
-            f"got {type(value).__name__}"
-        )
-
-
 @attrs.frozen(kw_only=True)
 class PartialFailureSplitter:
     """Delivers the parts of a ``SPLIT`` response that worked; re-asks the rest.
@@ -262,40 +266,32 @@ class PartialFailureSplitter:
     max_parts: int = attrs.field(default=16, validator=v.number(minimum=1, integer=True))
     """Parts re-asked in one round at most, so a body naming a hundred failed
     backends cannot turn into a hundred requests; the others are reported."""
-    backoff: Backoff | None = attrs.field(default=None, validator=_backoff_validator)
+    backoff: Backoff | None = attrs.field(
+        default=None, validator=backoff_validator("PartialFailureSplitter", optional=True)
+    )
     """The wait before each round (default: ``ExponentialBackoff()``, the same as
     ``Retry``'s default; presets pass the one their ``Retry`` uses)."""
     max_delay: float | None = attrs.field(
         default=None, validator=v.number(minimum=0, optional=True)
     )
     """Cap on one wait, server hints included (default: the larger of the
-    backoff's ``max_delay`` and 60 s, as ``Retry`` does)."""
+    backoff's longest wait and 60 s, as ``Retry`` does)."""
     reserve: float = attrs.field(default=0.5, validator=v.number(minimum=0))
     """Seconds kept before the call's deadline to deliver what worked: no round
     starts, and no re-request runs, past ``deadline - reserve``."""
-    splitter: Any = attrs.field(default=None, validator=v.has_method("split", optional=True))
+    splitter: SplittingClassifier | None = attrs.field(
+        default=None, validator=v.has_method("split", optional=True)
+    )
     """The object that splits (default: the pipeline's classifier)."""
 
     def bind(self, env: PipelineEnv) -> _SplitterHandler:
-        # A frozen ExponentialBackoff has a read-only max_delay, which mypy does not
-        # see as matching the protocol's plain attribute.
-        default: Any = ExponentialBackoff()
-        backoff: Backoff = self.backoff if self.backoff is not None else default
-        cap = self.max_delay
-        if cap is None:
-            cap = max(float(backoff.max_delay), MIN_HINT_CAP)
+        configured = self.backoff if self.backoff is not None else ExponentialBackoff()
+        backoff = bind_backoff(configured)
+        cap = self.max_delay if self.max_delay is not None else default_cap(configured)
         # Layers bind innermost first: a Retry or CircuitBreaker below has already
-        # put its shared state here.
-        bucket = env.shared.get("retry_budget")
-        registry = env.shared.get("breaker_registry")
-        return _SplitterHandler(
-            self,
-            env,
-            backoff,
-            cap,
-            bucket if isinstance(bucket, TokenBucket) else None,
-            registry if callable(getattr(registry, "allow", None)) else None,
-        )
+        # put its shared state here; per-part circuits go to the innermost breaker.
+        registry = env.breakers[0] if env.breakers else None
+        return _SplitterHandler(self, env, backoff, cap, env.budget, registry)
 
 
 def open_circuit_verdict(vendor: str, key: str, retry_after: float) -> Verdict:
@@ -319,7 +315,7 @@ class _Round:
     failures: dict[str, Verdict]
     recovered: list[str] = attrs.field(factory=list)
     unnarrowable: set[str] = attrs.field(factory=set)
-    gave_up: str | None = None
+    gave_up: GaveUp | None = None
 
 
 @attrs.define(eq=False, slots=True)
@@ -328,8 +324,8 @@ class _SplitterHandler:
     env: PipelineEnv
     backoff: Backoff
     cap: float
-    bucket: TokenBucket | None
-    registry: Any
+    bucket: RetryBudgetState | None
+    registry: BreakerRegistry | None
     tracked: dict[str, dict[str, None]] = attrs.field(factory=dict)
     """Request path -> the parts that failed on it (oldest first): what a full
     answer on that path covers."""
@@ -460,12 +456,21 @@ class _SplitterHandler:
             plan = self._plan(splitter, request, pending, state, holding=False)
             if not plan:
                 return
-            if not self._fits(call, delay):
-                state.gave_up = "deadline"
+            now = clock.now()
+            decision = decide(
+                round_no + 1,
+                max_attempts=config.max_rounds + 1,
+                backoff=delay,
+                hint=None,
+                cap=self.cap,
+                remaining=None if call.deadline is None else call.deadline - now - config.reserve,
+                budget_ok=self.bucket is None or self.bucket.allows(now),
+            )
+            if isinstance(decision, GaveUp):
+                state.gave_up = decision
                 return
-            if self.bucket is not None and not self.bucket.try_withdraw(clock.now()):
-                state.gave_up = "budget"
-                return
+            if self.bucket is not None:
+                self.bucket.try_withdraw(now)
             # A round is a retry of the failed parts: hooks and telemetry see it as one.
             self.env.emit(
                 RetryScheduled(
@@ -489,7 +494,7 @@ class _SplitterHandler:
                 state.gave_up = stop
                 return
         if any(v.action is Action.RETRY for v in state.failures.values()):
-            state.gave_up = "max_rounds"
+            state.gave_up = GaveUp.MAX_ROUNDS
 
     async def _run_plan(
         self,
@@ -498,7 +503,7 @@ class _SplitterHandler:
         splitter: Any,
         plan: list[tuple[tuple[str, ...], httpx.Request]],
         state: _Round,
-    ) -> str | None:
+    ) -> GaveUp | None:
         """Send one round's narrowed requests; why it stopped early, if it did.
 
         The first request's share of the retry budget was taken before the wait.
@@ -509,16 +514,16 @@ class _SplitterHandler:
         try:
             for parts, narrowed in plan:
                 if not self._fits(call, 0.0):
-                    return "deadline"
+                    return GaveUp.DEADLINE
                 if (
                     sent
                     and self.bucket is not None
                     and not self.bucket.try_withdraw(self.env.clock.now())
                 ):
-                    return "budget"
+                    return GaveUp.BUDGET
                 sent += 1
                 if not await self._re_request(call, call_next, splitter, parts, narrowed, state):
-                    return "deadline"
+                    return GaveUp.DEADLINE
             return None
         finally:
             # The request in flight released its own parts (see _re_request).
@@ -724,11 +729,8 @@ class _SplitterHandler:
         return narrowed if isinstance(narrowed, httpx.Request) else None
 
     def _delay(self, round_no: int, previous: float | None, verdicts: Iterable[Verdict]) -> float:
-        delay = self.backoff.delay(round_no, previous)
         hints = [v.retry_after for v in verdicts if v.retry_after is not None]
-        if hints and max(hints) > delay:
-            delay = max(hints)
-        return min(delay if delay >= 0.0 else 0.0, self.cap)
+        return wait_for(self.backoff.delay(round_no, previous), max(hints, default=None), self.cap)
 
     def _fits(self, call: Call, delay: float) -> bool:
         """Whether a wait of ``delay`` still leaves the reserve before the deadline."""

@@ -16,7 +16,8 @@ import attrs
 import httpx
 
 from . import _validate as v
-from ._pipeline import Call, CallNext, Outcome, PipelineEnv
+from ._layer import Call, CallNext, Outcome, PipelineEnv
+from ._report import GaveUp
 from .errors import ConfigurationError
 
 __all__ = ["Timeout"]
@@ -62,7 +63,7 @@ class _TimeoutHandler:
                 call.deadline = deadline
             with anyio.move_on_after(self.total):
                 return await call_next(request, call)
-            call.report.gave_up = "deadline"
+            call.report.gave_up = GaveUp.DEADLINE
             error = httpx.TimeoutException(
                 f"call exceeded its total timeout of {self.total:g}s", request=request
             )

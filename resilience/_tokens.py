@@ -34,6 +34,7 @@ import attrs
 import httpx
 
 from . import _validate as v
+from ._bodies import aclose_quietly, buffer_response
 from ._classifier import (
     NEVER_RETRY_ERRORS,
     RETRY_STATUSES,
@@ -41,8 +42,7 @@ from ._classifier import (
     response_date,
     retry_after_of,
 )
-from ._clock import SYSTEM_CLOCK, Clock
-from ._pipeline import aclose_quietly, buffer_response
+from ._clock import Clock, default_clock
 from ._plugin import MAX_JSON_BYTES, number_field, parse_json_object
 from ._secret import Secret, scrub_problem
 from ._verdict import Action, Problem, Verdict
@@ -272,7 +272,7 @@ class StaticToken:
 
     async def fetch(self, http: httpx.AsyncClient) -> Token:
         """The same token every time."""
-        return Token(self.value.reveal(), obtained_at=(self.clock or SYSTEM_CLOCK).now())
+        return Token(self.value.reveal(), obtained_at=(self.clock or default_clock()).now())
 
 
 @attrs.frozen
@@ -548,7 +548,7 @@ def token_from_response(
         life = jwt_expires_in(value, response=response)
     if life is None:
         life = default_expires_in
-    return Token(value, life, obtained_at=(clock or SYSTEM_CLOCK).now())
+    return Token(value, life, obtained_at=(clock or default_clock()).now())
 
 
 async def post_for_token(

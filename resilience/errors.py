@@ -8,6 +8,7 @@ Exception tree::
         ├── RetriesExhausted            RETRY verdicts, and no retry was left (or allowed)
         ├── CircuitOpenError            the breaker is open: nothing was sent
         ├── ConcurrencyLimitExceeded    too many calls in flight for a key: nothing was sent
+        ├── RateLimitExceeded           no slot of the client's rate limit in time: nothing was sent
         ├── AuthenticationError         refresh did not help, or the token fetch failed
         │   └── TokenFetchError         the token endpoint failed, refused or answered badly
         ├── PartialFailureError         a strict splitter saw parts that still failed
@@ -35,7 +36,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import httpx
 
-from ._report import CallReport
+from ._report import CallReport, GaveUp
 from ._verdict import Action, Problem, Verdict
 
 _E = TypeVar("_E", bound="CircuitOpenError")
@@ -47,6 +48,7 @@ __all__ = [
     "ConfigurationError",
     "PartialFailureError",
     "PermanentError",
+    "RateLimitExceeded",
     "ResilienceError",
     "RetriesExhausted",
     "TokenFetchError",
@@ -155,7 +157,8 @@ class PermanentError(ResilienceError):
 class RetriesExhausted(ResilienceError):
     """Every attempt was transient and no retry was left, allowed or affordable.
 
-    ``report.gave_up`` says why; :attr:`verdicts` holds every attempt's verdict.
+    ``report.gave_up`` says why (a :class:`~resilience.GaveUp`); :attr:`verdicts`
+    holds every attempt's verdict.
     """
 
     @property
@@ -216,6 +219,35 @@ class ConcurrencyLimitExceeded(ResilienceError):
         self.limit = limit
         self.reason = reason
         self.retry_after: float | None = None
+
+
+class RateLimitExceeded(ResilienceError):
+    """``RateLimiter`` had no slot for :attr:`key` in time; nothing was sent.
+
+    :attr:`retry_after` is the seconds until the key's next slot frees (if nobody
+    else takes it first); :attr:`reason` says why the call did not wait for it:
+    ``"max_wait"`` (it was further off than the limiter's ``max_wait``) or
+    ``"deadline"`` (it came after the call's deadline). A FAIL: not retried, and
+    no breaker failure.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        key: str,
+        limiter: str,
+        retry_after: float,
+        reason: str,
+        request: httpx.Request | None = None,
+        problem: Problem | None = None,
+        report: CallReport | None = None,
+    ) -> None:
+        ResilienceError.__init__(self, message, request=request, problem=problem, report=report)
+        self.key = key
+        self.limiter = limiter
+        self.retry_after = retry_after
+        self.reason = reason
 
 
 @_status_variant
@@ -308,14 +340,14 @@ def _from_verdict(
 
 _MAX_URL = 300
 
-_GAVE_UP = {
-    "max_attempts": "every allowed attempt was used",
-    "deadline": "no time was left before the total deadline",
-    "budget": "the retry budget was spent",
-    "not_idempotent": "the method is not idempotent, so it is never sent twice",
-    "body_not_replayable": "the request body was a stream that cannot be sent again",
-    "circuit_open": "the circuit breaker is open",
-    "max_rounds": "the partial-failure splitter ran out of rounds",
+_GAVE_UP: dict[str, str] = {
+    GaveUp.MAX_ATTEMPTS: "every allowed attempt was used",
+    GaveUp.DEADLINE: "no time was left before the total deadline",
+    GaveUp.BUDGET: "the retry budget was spent",
+    GaveUp.NOT_IDEMPOTENT: "the method is not idempotent, so it is never sent twice",
+    GaveUp.BODY_NOT_REPLAYABLE: "the request body was a stream that cannot be sent again",
+    GaveUp.CIRCUIT_OPEN: "the circuit breaker is open",
+    GaveUp.MAX_ROUNDS: "the partial-failure splitter ran out of rounds",
 }
 
 

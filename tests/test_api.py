@@ -61,6 +61,7 @@ def test_errors_module_names() -> None:
         "RetriesExhausted",
         "CircuitOpenError",
         "ConcurrencyLimitExceeded",
+        "RateLimitExceeded",
         "AuthenticationError",
         "PartialFailureError",
         "ConfigurationError",

@@ -19,8 +19,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from resilience import Action, Pipeline, Retry, Timeout, Verdict
+from resilience._bodies import buffer_response
 from resilience._classifier import HttpClassifier
-from resilience._pipeline import buffer_response
 from resilience.errors import ConfigurationError, RetriesExhausted
 from resilience.testing import ClosingStream, ScriptedTransport, through
 

@@ -909,7 +909,7 @@ async def test_registry_key_api_for_other_layers() -> None:
         clock=clock,
         telemetry=False,
     )
-    registry = pipeline.env.shared["breaker_registry"]
+    registry = pipeline.env.breakers[0]
     assert registry is CircuitRegistry.of(pipeline)
     assert registry.allow("derapi:solis") is None
     registry.record("derapi:solis", FAILED)

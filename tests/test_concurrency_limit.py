@@ -85,7 +85,7 @@ async def call(
 
 def limits(transport: ResilientTransport) -> Any:
     """The bound layer (its in_flight/queued/keys read the live state)."""
-    return transport.pipeline.env.shared["concurrency_limits"][0]
+    return transport.pipeline.env.concurrency_limits[0]
 
 
 async def test_over_the_limit_fails_fast_with_a_typed_error() -> None:

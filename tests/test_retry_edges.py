@@ -27,7 +27,7 @@ from resilience import (
     Verdict,
 )
 from resilience._classifier import HttpClassifier, classify_status, retry_after_of
-from resilience._pipeline import Call, CallNext, Outcome, PipelineEnv
+from resilience._layer import Call, CallNext, Outcome, PipelineEnv
 from resilience.errors import ConfigurationError, PermanentError, RetriesExhausted
 from resilience.testing import ClosingStream, VirtualClock, through
 

@@ -209,7 +209,7 @@ class ShareRegistry:
     registry: Any
 
     def bind(self, env: resilience.PipelineEnv) -> resilience.Handler:
-        env.shared["breaker_registry"] = self.registry
+        env.breakers.append(self.registry)
 
         async def handler(
             request: httpx.Request, call: resilience.Call, call_next: resilience.CallNext
@@ -653,7 +653,7 @@ async def test_real_circuit_breaker_opens_per_part() -> None:
         assert ids(response)[:2] == ["a0-0", "a0-1"]
     assert codes[0] == "part-retry"
     assert codes[-1] == "circuit_open"
-    registry = transport.pipeline.env.shared["breaker_registry"]
+    registry = transport.pipeline.env.breakers[0]
     assert registry.get("mesh:b").state.value == "open"
     assert registry.get("mesh:a").state.value == "closed"
     asked_b = mesh.times_asked("b")

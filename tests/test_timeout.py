@@ -250,15 +250,8 @@ def test_bad_configuration(kwargs: dict[str, object], argument: str) -> None:
         Timeout(**kwargs)  # type: ignore[arg-type]
 
 
-async def test_total_timeout_inside_retry_is_retried_and_not_reported() -> None:
-    """Timeout(total=...) below Retry bounds each try; a try that runs out is retried,
-    and a call that then succeeds does not report that it gave up."""
-    inner = HangingTransport([HANG, reply(200)])
-    transport = make(inner, Retry(backoff=ONE), Timeout(total=TINY))
-    with anyio.fail_after(5):
-        r = await transport.handle_async_request(httpx.Request("GET", URL))
-    await r.aclose()
-    report = r.extensions["resilience"]
-    assert report.attempts == 2
-    assert report.verdicts[0].action is Action.RETRY
-    assert report.gave_up is None
+def test_total_timeout_inside_retry_is_refused() -> None:
+    """Timeout(total=...) below Retry would bound each try, not the call: the
+    pipeline refuses it (tests/test_layer_order.py has the other order rules)."""
+    with pytest.raises(ConfigurationError, match=r"layers\[1\] is Timeout\(total=\.\.\.\) below"):
+        Pipeline([Retry(backoff=ONE), Timeout(total=TINY)])

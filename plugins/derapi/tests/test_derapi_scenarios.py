@@ -201,7 +201,7 @@ async def test_per_backend_breaker_opens_and_skips() -> None:
     # on only the full list reached it (the vendor filter cannot leave a backend out).
     assert sim.asked("tesla") == 4
     assert sim.asked("sma") == 3
-    registry = client._transport.pipeline.env.shared["breaker_registry"]  # type: ignore[attr-defined]
+    registry = client._transport.pipeline.env.breakers[0]  # type: ignore[attr-defined]
     opened = [key for key in registry if registry.get(key).state.value == "open"]
     assert opened == ["derapi:tesla"]  # the host's own circuit stays closed
 

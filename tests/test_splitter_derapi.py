@@ -1,4 +1,6 @@
-"""PartialFailureSplitter and the Derapi splitting protocol: edge cases.
+"""PartialFailureSplitter with Derapi's splitting protocol: rounds, merging, garbage
+narrowed answers, Derapi problem types on re-requests, strict mode, part breakers and
+cancellation.
 
 Most tests run the real ``DerapiClassifier`` (it classifies, splits, narrows with the
 ``vendor`` filter and renders ``errors``) over a scripted Derapi list endpoint: each
@@ -157,7 +159,7 @@ class ShareRegistry:
     registry: Any
 
     def bind(self, env: resilience.PipelineEnv) -> resilience.Handler:
-        env.shared["breaker_registry"] = self.registry
+        env.breakers.append(self.registry)
 
         async def handler(
             request: httpx.Request, call: resilience.Call, call_next: resilience.CallNext
@@ -700,7 +702,7 @@ async def test_part_breaker_half_opening_during_the_backoff_is_probed() -> None:
         backoff=ExponentialBackoff(initial=12.0, max_delay=30.0, jitter="none")
     )
     transport, inner, clock = build(server, splitter=splitter, below=[breaker])
-    registry = transport.pipeline.env.shared["breaker_registry"]
+    registry = transport.pipeline.env.breakers[0]
     response = await get(transport)
     report = response.extensions["resilience"]
     assert report.partial.recovered == ("tesla",)
@@ -739,7 +741,7 @@ async def test_cancelled_half_open_probe_frees_the_part_breaker() -> None:
         telemetry=False,
     )
     transport = ResilientTransport(pipeline, inner=Transport())
-    registry = pipeline.env.shared["breaker_registry"]
+    registry = pipeline.env.breakers[0]
     with anyio.fail_after(5):
         async with anyio.create_task_group() as tg:
             tg.start_soon(get, transport)

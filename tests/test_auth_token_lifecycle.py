@@ -1,4 +1,6 @@
-"""AuthRefresh edge cases: timing, budgets, shared failures, replay bodies, leaks."""
+"""AuthRefresh over a token's life: when it is fetched and refreshed (proactive
+timing), the replay after a rejection, fetch failures shared by waiting callers,
+and secrets kept out of errors. The fake vendor expires and revokes tokens."""
 
 from __future__ import annotations
 
