@@ -13,7 +13,8 @@ import contextlib
 
 from . import errors
 from ._auth import AuthRefresh
-from ._breaker import Circuit, CircuitBreaker, CircuitRegistry, CircuitState
+from ._breaker import CircuitBreaker
+from ._circuit import Circuit, CircuitRegistry, CircuitState
 from ._classifier import (
     Classifier,
     HttpClassifier,

@@ -16,15 +16,17 @@ import logging
 import math
 import re
 import time
-from collections.abc import Callable
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import anyio
+import attrs
 import httpx
 
 from ._http import MAX_HINT_SECONDS
 from ._loader import ENTRY_POINT_GROUP, available_classifiers, load_plugin, resolve_classifier
 from ._verdict import ACCEPT, Action, Problem, Verdict, verdict_fault
+from .errors import ConfigurationError
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -187,16 +189,106 @@ def classify_status(vendor: str, response: httpx.Response, **fields: Any) -> Ver
     return Verdict(Action.FAIL, problem=problem)
 
 
+def _statuses(value: Iterable[int]) -> frozenset[int]:
+    """A collection of status codes as a frozenset (validated after conversion)."""
+    if isinstance(value, (str, bytes, int)) or not isinstance(value, Iterable):
+        # Left as it is: the validator names the argument and what it got.
+        return value  # type: ignore[return-value]
+    return frozenset(value)
+
+
+def _check_statuses(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    name = f"{type(instance).__name__}: {attribute.name}"
+    if not isinstance(value, frozenset):
+        raise ConfigurationError(
+            f"{name} must be a collection of HTTP status codes, got {type(value).__name__}"
+        )
+    for status in sorted(value, key=repr):
+        if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599:
+            raise ConfigurationError(
+                f"{name} must hold HTTP status codes (integers 100-599), got {status!r}"
+            )
+
+
+_FROZEN = attrs.setters.frozen
+
+
+@attrs.define(slots=False, unsafe_hash=True, repr=False, on_setattr=attrs.setters.NO_OP)
 class HttpClassifier:
     """The generic classifier: status codes and ``Retry-After`` only.
 
-    408, 425, 429, 500, 502, 503, 504 and transport errors are RETRY; 401 is
-    REFRESH_AUTH; every other 4xx (and 5xx) is FAIL; the rest is ACCEPT. It never
-    reads a success body (``needs_body = False``), so 2xx bodies stream.
+    By default 408, 425, 429, 500, 502, 503, 504 and transport errors are RETRY;
+    401 is REFRESH_AUTH; every other 4xx (and 5xx) is FAIL; the rest is ACCEPT. It
+    never reads a success body (``needs_body = False``), so 2xx bodies stream.
+
+    Three sets of statuses change that reading, and nothing else
+    (``HttpClassifier(retry_statuses={429, 503})`` retries only those two):
+
+    Args:
+        retry_statuses: the statuses retried (``Retry-After`` honoured); the
+            default statuses left out of it are FAIL.
+        fail_statuses: statuses that fail at once (a 503 your backend means for good).
+        accept_statuses: statuses handed back as answers (a ``404`` a lookup expects).
+
+    A status may be in one set only; ``fail_statuses`` and ``accept_statuses``
+    may name statuses of the default retry set (they then leave it). Transport
+    errors are read as before.
     """
 
-    vendor = "http"
-    needs_body = False
+    # Per-field frozen rather than a frozen class: subclasses (a classifier that
+    # counts what it saw) keep attributes of their own.
+    retry_statuses: frozenset[int] = attrs.field(
+        default=RETRY_STATUSES, converter=_statuses, validator=_check_statuses, on_setattr=_FROZEN
+    )
+    """Statuses that are RETRY."""
+    fail_statuses: frozenset[int] = attrs.field(
+        default=frozenset(), converter=_statuses, validator=_check_statuses, on_setattr=_FROZEN
+    )
+    """Statuses that are FAIL whatever the default reading says."""
+    accept_statuses: frozenset[int] = attrs.field(
+        default=frozenset(), converter=_statuses, validator=_check_statuses, on_setattr=_FROZEN
+    )
+    """Statuses that are ACCEPT (the response is returned, not raised)."""
+    _table: Mapping[int, Action] | None = attrs.field(
+        default=None, init=False, eq=False, hash=False, on_setattr=_FROZEN
+    )
+    """The statuses read differently from the default, or ``None`` (the fast path)."""
+
+    vendor: ClassVar[str] = "http"
+    needs_body: ClassVar[bool] = False
+
+    def __attrs_post_init__(self) -> None:
+        named = [
+            ("retry_statuses", self.retry_statuses),
+            ("fail_statuses", self.fail_statuses),
+            ("accept_statuses", self.accept_statuses),
+        ]
+        if self.retry_statuses == RETRY_STATUSES:
+            # The default set: fail_statuses={503} takes 503 out of it, no clash.
+            del named[0]
+        for index, (first, statuses) in enumerate(named):
+            for second, others in named[index + 1 :]:
+                both = statuses & others
+                if both:
+                    raise ConfigurationError(
+                        f"HttpClassifier: status {min(both)} is in both {first} and {second}"
+                    )
+        table: dict[int, Action] = {}
+        for status in RETRY_STATUSES - self.retry_statuses:
+            table[status] = Action.FAIL  # a default retry the caller left out
+        for status in self.retry_statuses - RETRY_STATUSES:
+            table[status] = Action.RETRY
+        for status in self.fail_statuses:
+            table[status] = Action.FAIL
+        for status in self.accept_statuses:
+            table[status] = Action.ACCEPT
+        # Only the statuses whose reading changed: the rest take classify_status.
+        changed = {
+            status: action
+            for status, action in table.items()
+            if action is not _default_action(status)
+        }
+        object.__setattr__(self, "_table", changed or None)
 
     def classify(
         self,
@@ -207,10 +299,55 @@ class HttpClassifier:
         if response is None:
             assert error is not None
             return classify_error(self.vendor, error)
+        table = self._table
+        if table is not None:
+            action = table.get(response.status_code)
+            if action is not None:
+                return _verdict_for(self.vendor, response, action)
         return classify_status(self.vendor, response)
 
     def __repr__(self) -> str:
-        return "HttpClassifier()"
+        given = [
+            f"{name}={{{', '.join(str(s) for s in sorted(value))}}}"
+            for name, value, default in (
+                ("retry_statuses", self.retry_statuses, RETRY_STATUSES),
+                ("fail_statuses", self.fail_statuses, frozenset()),
+                ("accept_statuses", self.accept_statuses, frozenset()),
+            )
+            if value != default
+        ]
+        return f"{type(self).__name__}({', '.join(given)})"
+
+
+# attrs keeps field defaults off the class; a subclass whose __init__ does not call
+# ours (written before these fields existed) reads the default reading from here.
+for _field in attrs.fields(HttpClassifier):
+    setattr(HttpClassifier, _field.name, _field.default)
+del _field
+
+
+def _default_action(status: int) -> Action:
+    if status < 400:
+        return Action.ACCEPT
+    if status in RETRY_STATUSES:
+        return Action.RETRY
+    if status == 401:
+        return Action.REFRESH_AUTH
+    return Action.FAIL
+
+
+def _verdict_for(vendor: str, response: httpx.Response, action: Action) -> Verdict:
+    """The verdict ``action`` for a status the caller chose, its problem as the
+    default reading would build it."""
+    status = response.status_code
+    if action is Action.ACCEPT:
+        return ACCEPT
+    problem = Problem(
+        vendor=vendor, status=status, code=str(status), title=response.reason_phrase or None
+    )
+    if action is Action.RETRY:
+        return Verdict(Action.RETRY, problem=problem, retry_after=retry_after_of(response))
+    return Verdict(action, problem=problem)
 
 
 HTTP_CLASSIFIER = HttpClassifier()

@@ -14,7 +14,9 @@ Nothing here sleeps for real: ``VirtualClock`` makes a retry scenario with
   :func:`route`);
 * :mod:`._serve`: :func:`serve`, an ASGI app on a loopback port (uvicorn);
 * :mod:`._conformance`: :class:`PluginConformance`, the suite every plugin runs
-  (pytest and hypothesis are imported only when its tests run).
+  (pytest and hypothesis are imported only when its tests run);
+* :mod:`._virtual`: :func:`virtual_time` and :func:`set_testing`, one switch that
+  puts every pipeline built without ``clock=`` on a :class:`VirtualClock`.
 
 Each vendor plugin's simulator lives in ``resilience_<vendor>.testing``.
 """
@@ -35,6 +37,7 @@ from ._transports import (
     reply,
     through,
 )
+from ._virtual import is_testing, set_testing, virtual_time
 
 __all__ = [
     "ClosingStream",
@@ -54,8 +57,11 @@ __all__ = [
     "StallingStream",
     "TokenCheck",
     "VirtualClock",
+    "is_testing",
     "reply",
     "route",
     "serve",
+    "set_testing",
     "through",
+    "virtual_time",
 ]

@@ -38,12 +38,13 @@ from typing import Any, ClassVar, NoReturn
 
 import httpx
 
-from .._auth import AuthRefresh, Token
+from .._auth import AuthRefresh
 from .._classifier import available_classifiers, load_plugin
 from .._clock import VirtualClock
 from .._pipeline import Pipeline
 from .._plugin import CodeEntry, VendorPlugin
 from .._retry import ExponentialBackoff, Retry
+from .._tokens import Token
 from .._transport import ResilientTransport
 from .._verdict import Action, Verdict
 from ..errors import (

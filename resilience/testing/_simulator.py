@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 
 import attrs
 
-from .._clock import SYSTEM_CLOCK, Clock
+from .._clock import Clock, default_clock
 from .._plugin import parse_json_object
 from ._faults import FaultPlan, LimitState, RateLimit
 from ._messages import Received, SimRequest, SimResponse, TokenCheck, _Headers
@@ -132,7 +132,7 @@ class Simulator:
         epoch: float | None = None,
     ) -> None:
         self.plan = plan if plan is not None else FaultPlan()
-        self.clock: Clock = clock if clock is not None else SYSTEM_CLOCK
+        self.clock: Clock = clock if clock is not None else default_clock()
         self.client_id = client_id
         self._client_secret = client_secret
         self._start = self.clock.now()
