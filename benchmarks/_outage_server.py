@@ -56,7 +56,7 @@ def vendor_error_bodies() -> dict[str, tuple[bytes, bytes]]:
     """Each installed vendor plugin's 500 body, as (content type, bytes)."""
     bodies: dict[str, tuple[bytes, bytes]] = {}
     try:
-        from resilience._classifier import load_plugin
+        from resilience._loader import load_plugin
     except Exception:
         return bodies
     for vendor, code in VENDOR_ERROR_CODES.items():

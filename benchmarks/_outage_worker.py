@@ -250,7 +250,7 @@ def build_retry_breaker(counting: CountingTransport, url: str, cap: float, prese
 def build_preset(vendor: str) -> Callable[[CountingTransport, str, float, str], Call]:
     def build(counting: CountingTransport, url: str, cap: float, preset: str) -> Call:
         from resilience import ExponentialBackoff, StaticToken, standard_pipeline
-        from resilience._classifier import load_plugin
+        from resilience._loader import load_plugin
 
         try:
             load_plugin(vendor)

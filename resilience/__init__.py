@@ -18,7 +18,6 @@ from ._circuit import Circuit, CircuitRegistry, CircuitState
 from ._classifier import (
     Classifier,
     HttpClassifier,
-    available_classifiers,
     classify_error,
     classify_status,
     parse_retry_after,
@@ -46,6 +45,7 @@ from ._hedge import Hedge
 from ._hold import Hold
 from ._http import IDEMPOTENT_METHODS, MAX_HINT_SECONDS, is_idempotent
 from ._layer import Call, CallNext, Handler, Layer, Outcome, PipelineEnv
+from ._loader import available_classifiers
 from ._order import LayerOrderWarning
 from ._pipeline import Pipeline
 from ._plugin import (
@@ -70,7 +70,7 @@ from ._splitter import (
     render_json,
 )
 from ._store import MemoryStore, StateStore
-from ._telemetry import RESEND_COUNT_EXTENSION, request_hook
+from ._telemetry_names import RESEND_COUNT_EXTENSION, request_hook
 from ._timeout import Timeout
 from ._tokens import (
     OAuth2ClientCredentials,

@@ -17,47 +17,25 @@ import math
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar
 
 import anyio
 import attrs
 import httpx
 
 from ._http import MAX_HINT_SECONDS
-from ._loader import ENTRY_POINT_GROUP, available_classifiers, load_plugin, resolve_classifier
-from ._verdict import ACCEPT, Action, Problem, Verdict, verdict_fault
+from ._verdict import ACCEPT, Action, Classifier, Problem, Verdict, verdict_fault
 from .errors import ConfigurationError
 
 __all__ = [
-    "ENTRY_POINT_GROUP",
     "MAX_HINT_SECONDS",
     "Classifier",
     "HttpClassifier",
-    "available_classifiers",
-    "load_plugin",
     "parse_retry_after",
-    "resolve_classifier",
     "safe_classify",
 ]
 
 logger = logging.getLogger("resilience")
-
-
-@runtime_checkable
-class Classifier(Protocol):
-    """Decides what one attempt means.
-
-    Exactly one of ``response`` and ``error`` is set. An error body (status >= 400)
-    has always been read, so ``response.json()`` works; a success body has been
-    read too unless the classifier sets ``needs_body = False``.
-    """
-
-    def classify(
-        self,
-        request: httpx.Request,
-        response: httpx.Response | None,
-        error: BaseException | None,
-    ) -> Verdict: ...
 
 
 _DIGITS = re.compile(r"(\d+)(?:\.\d+)?", re.ASCII)

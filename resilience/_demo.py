@@ -36,8 +36,9 @@ import anyio.lowlevel
 import attrs
 import httpx
 
-from ._classifier import available_classifiers, load_plugin, safe_classify
+from ._classifier import safe_classify
 from ._events import CircuitStateChanged, TokenRefreshed
+from ._loader import available_classifiers, load_plugin
 from ._presets import standard_pipeline
 from ._report import CallReport
 from ._transport import ResilientTransport

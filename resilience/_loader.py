@@ -18,12 +18,10 @@ import importlib
 import logging
 import types
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from ._verdict import Classifier
 from .errors import ConfigurationError
-
-if TYPE_CHECKING:
-    from ._classifier import Classifier
 
 __all__ = [
     "BUILTIN_PLUGINS",

@@ -28,10 +28,11 @@ from ._bodies import (
     aclose_quietly,
     buffer_response,
 )
-from ._classifier import Classifier, resolve_classifier
+from ._classifier import Classifier
 from ._clock import Clock, default_clock
 from ._events import Event
 from ._layer import Call, CallNext, Handler, Instrument, Layer, Outcome, PipelineEnv
+from ._loader import resolve_classifier
 from ._order import check_layer_order
 from ._telemetry_names import CURRENT_PIPELINE, check_known_methods, check_name
 from ._verdict import Action, Verdict

@@ -17,12 +17,15 @@ import attrs
 from . import _validate as v
 from ._auth import AuthRefresh
 from ._breaker import CircuitBreaker
-from ._classifier import Classifier, load_plugin
+from ._classifier import Classifier
 from ._clock import Clock
 from ._hold import Hold
 from ._layer import Layer
+from ._loader import load_plugin
 from ._pipeline import Pipeline
+from ._ratelimit import RateLimiter
 from ._retry import Backoff, ExponentialBackoff, Retry, RetryBudget
+from ._store import StateStore
 from ._timeout import Timeout
 from ._tokens import TokenProvider
 from .errors import ConfigurationError
@@ -45,6 +48,26 @@ PIPELINE_KEYWORDS = frozenset(
 )
 
 
+def _rate_limits(value: Any) -> tuple[RateLimiter, ...]:
+    if isinstance(value, RateLimiter):
+        return (value,)
+    if not isinstance(value, (list, tuple)) or not all(
+        isinstance(item, RateLimiter) for item in value
+    ):
+        raise ConfigurationError(
+            "rate_limits must be a tuple of RateLimiter layers (e.g. a plugin's "
+            f"rate_limits(client_id)), got {type(value).__name__}"
+        )
+    return tuple(value)
+
+
+def _store_ok(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None and not isinstance(value, StateStore):
+        raise ConfigurationError(
+            f"store must be a StateStore (MemoryStore, RedisStore), got {type(value).__name__}"
+        )
+
+
 def _optional_methods(value: Iterable[str] | None) -> frozenset[str] | None:
     if value is None:
         return None
@@ -59,9 +82,9 @@ class PresetSettings:
 
     Every field is also an override name of :func:`standard_pipeline`; a field set
     to ``None`` drops its layer (``breaker=None``, ``attempt_timeout=None``).
-    The layers, outermost first: ``Timeout(total=)``, the splitter (if any),
-    ``Retry``, ``CircuitBreaker``, ``AuthRefresh`` (when ``auth`` is given),
-    ``Timeout(attempt=)``.
+    The layers, outermost first: ``Timeout(total=)``, the rate limits (if any),
+    the splitter (if any), ``Retry``, ``CircuitBreaker``, ``AuthRefresh`` (when
+    ``auth`` is given), ``Timeout(attempt=)``.
     """
 
     total_timeout: float | None = attrs.field(
@@ -106,6 +129,13 @@ class PresetSettings:
         default=None, validator=v.has_method("bind", optional=True)
     )
     """A partial-failure splitter layer, placed just inside the total timeout."""
+    rate_limits: tuple[RateLimiter, ...] = attrs.field(default=(), converter=_rate_limits)
+    """Client-side rate limits, placed just inside the total timeout (default: none;
+    a plugin's ``rate_limits(client_id)`` gives the vendor's documented ones)."""
+    store: StateStore | None = attrs.field(default=None, validator=_store_ok)
+    """A shared state store (``RedisStore``) handed to the layers that take one: the
+    rate limits that have none of their own and ``AuthRefresh`` (one token per
+    expiry for a fleet). Circuit breakers and the retry budget stay per process."""
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> tuple[PresetSettings, dict[str, Any]]:
         """These settings with ``overrides`` applied, and the ``Pipeline`` keywords.
@@ -147,6 +177,8 @@ class PresetSettings:
         options: dict[str, Any] = {}
         if self.auth_skew is not None:
             options["skew"] = self.auth_skew
+        if self.store is not None:
+            options["store"] = self.store
         return AuthRefresh(auth, **options)
 
     def build(
@@ -162,6 +194,11 @@ class PresetSettings:
         layers: list[Layer] = []
         if settings.total_timeout is not None:
             layers.append(Timeout(total=settings.total_timeout))
+        store = settings.store
+        for limiter in settings.rate_limits:
+            if store is not None and limiter.store is None:
+                limiter = attrs.evolve(limiter, store=store)
+            layers.append(limiter)
         if settings.splitter is not None:
             layers.append(settings.splitter)
         layers.append(settings.retry_layer())
@@ -231,6 +268,8 @@ def standard_pipeline(
         clock: the clock (``VirtualClock()`` in tests).
         **overrides: preset settings (``max_attempts``, ``backoff``, ``total_timeout``,
             ``attempt_timeout``, ``breaker``, ``budget``, ``retry``, ``auth_skew``,
+            ``rate_limits`` (opt-in: e.g. ``resilience_tellus.rate_limits(client_id)``),
+            ``store`` (a ``RedisStore`` shared by the rate limits and the token),
             ...; see :class:`PresetSettings`) and ``Pipeline`` keywords (``hooks``,
             ``raise_on_failure``, ``telemetry``, ``tracer_provider``,
             ``meter_provider``, ``name`` (default: the vendor's name),

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Protocol, runtime_checkable
 
 import attrs
+import httpx
 
-__all__ = ["Action", "FieldError", "Problem", "Verdict", "verdict_fault"]
+__all__ = ["Action", "Classifier", "FieldError", "Problem", "Verdict", "verdict_fault"]
 
 
 class Action(enum.Enum):
@@ -182,3 +183,20 @@ def verdict_fault(verdict: object) -> str | None:
     else:
         return None
     return f"classify() returned a malformed Verdict ({wrong} is {type(value).__name__})"
+
+
+@runtime_checkable
+class Classifier(Protocol):
+    """Decides what one attempt means.
+
+    Exactly one of ``response`` and ``error`` is set. An error body (status >= 400)
+    has always been read, so ``response.json()`` works; a success body has been
+    read too unless the classifier sets ``needs_body = False``.
+    """
+
+    def classify(
+        self,
+        request: httpx.Request,
+        response: httpx.Response | None,
+        error: BaseException | None,
+    ) -> Verdict: ...

@@ -37,7 +37,7 @@ _BUILD_EVERY_PIPELINE = """
     import json, sys
     import resilience
     from resilience import Pipeline, StaticToken, available_classifiers, standard_pipeline
-    from resilience._classifier import load_plugin
+    from resilience._loader import load_plugin
 
     built = []
     for name in available_classifiers():
@@ -105,7 +105,7 @@ def test_plugin_simulator_loads_on_first_call() -> None:
     result = _run(
         """
         import json, sys
-        from resilience._classifier import load_plugin
+        from resilience._loader import load_plugin
 
         plugin = load_plugin("tellus")
         before = "resilience_tellus.testing" in sys.modules

@@ -39,8 +39,8 @@ from typing import Any, ClassVar, NoReturn
 import httpx
 
 from .._auth import AuthRefresh
-from .._classifier import available_classifiers, load_plugin
 from .._clock import VirtualClock
+from .._loader import available_classifiers, load_plugin
 from .._pipeline import Pipeline
 from .._plugin import CodeEntry, VendorPlugin
 from .._retry import ExponentialBackoff, Retry
