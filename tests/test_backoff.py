@@ -1,4 +1,5 @@
-"""ExponentialBackoff: the five jitter modes, their bounds, and reproducibility."""
+"""ExponentialBackoff (the five jitter modes, their bounds, reproducibility, whose
+randomness), and the retry decision that Retry and the splitter share."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from resilience import ExponentialBackoff, Pipeline, ResilientTransport, Retry
+from resilience._backoff import decide, default_cap, wait_for
+from resilience._report import GaveUp
 from resilience.errors import ConfigurationError, RetriesExhausted
 from resilience.testing import ScriptedTransport, VirtualClock, reply
 
@@ -214,3 +217,150 @@ def test_bad_configuration_names_the_argument(kwargs: dict[str, object], argumen
         ExponentialBackoff(**kwargs)  # type: ignore[arg-type]
     assert isinstance(info.value, ValueError)
     assert "ExponentialBackoff" in str(info.value)
+
+
+# -- the decision (resilience._backoff.decide), without any I/O ----------------------
+
+finite = st.floats(0.0, 1e6, allow_nan=False)
+waits = st.one_of(finite, st.just(math.nan), st.just(math.inf), st.floats(-1e3, 0.0))
+hints = st.one_of(st.none(), finite, st.just(math.nan), st.just(math.inf))
+
+
+@given(
+    attempt=st.integers(1, 10),
+    max_attempts=st.integers(1, 10),
+    backoff=waits,
+    hint=hints,
+    cap=finite,
+    remaining=st.one_of(st.none(), st.floats(-10.0, 1e6, allow_nan=False)),
+    budget_ok=st.booleans(),
+)
+def test_a_decided_wait_is_bounded(
+    attempt: int,
+    max_attempts: int,
+    backoff: float,
+    hint: float | None,
+    cap: float,
+    remaining: float | None,
+    budget_ok: bool,
+) -> None:
+    """Whatever the inputs, a wait is a finite number in ``[0, cap]`` that ends
+    before the deadline, honours a server hint up to the cap, reads a NaN backoff
+    as no wait; otherwise the reason is the first that applies (attempts, deadline,
+    budget)."""
+    decision = decide(
+        attempt,
+        max_attempts=max_attempts,
+        backoff=backoff,
+        hint=hint,
+        cap=cap,
+        remaining=remaining,
+        budget_ok=budget_ok,
+    )
+    if attempt >= max_attempts:
+        assert decision is GaveUp.MAX_ATTEMPTS
+        return
+    wanted = wait_for(backoff, hint, cap)
+    assert math.isfinite(wanted)
+    assert 0.0 <= wanted <= cap
+    if hint is not None and not math.isnan(hint):
+        assert wanted >= min(hint, cap)
+    if math.isnan(backoff) or backoff < 0:
+        assert wanted == (min(hint, cap) if hint is not None and hint > 0 else 0.0)
+    if remaining is not None and wanted > remaining:
+        assert decision is GaveUp.DEADLINE
+    elif not budget_ok:
+        assert decision is GaveUp.BUDGET
+    else:
+        assert decision == wanted
+
+
+@given(
+    delay=st.floats(0.0, 100.0),
+    blocked=st.one_of(st.floats(0.0, 200.0), st.just(math.inf)),
+    remaining=st.one_of(st.none(), st.floats(0.0, 300.0)),
+    wait=st.booleans(),
+)
+def test_an_open_breaker_below_is_waited_for_only_when_asked_and_in_time(
+    delay: float, blocked: float, remaining: float | None, wait: bool
+) -> None:
+    """A breaker below that opens up later than the wait: the call stops
+    (``circuit_open``) unless asked to wait and the breaker half-opens before the
+    deadline; then the wait is exactly until it does."""
+    decision = decide(
+        1,
+        max_attempts=3,
+        backoff=delay,
+        hint=None,
+        cap=100.0,
+        remaining=remaining,
+        blocked=blocked,
+        wait_for_blocked=wait,
+    )
+    if blocked <= delay:
+        fits = remaining is None or delay <= remaining
+        assert decision == (delay if fits else GaveUp.DEADLINE)
+    elif wait and math.isfinite(blocked) and (remaining is None or blocked <= remaining):
+        assert decision == blocked
+    else:
+        assert decision is GaveUp.CIRCUIT_OPEN
+
+
+def test_the_default_cap_counts_proportional_jitter() -> None:
+    """One rule for Retry and the splitter: the longest wait the backoff can choose
+    (proportional jitter included) or 60 s, whichever is more."""
+    assert default_cap(ExponentialBackoff(max_delay=100.0)) == 100.0
+    tellus = ExponentialBackoff(max_delay=100.0, jitter="proportional", jitter_ratio=0.3)
+    assert default_cap(tellus) == pytest.approx(130.0)
+    assert default_cap(ExponentialBackoff(max_delay=5.0)) == 60.0
+
+
+# -- randomness belongs to the bound pipeline -----------------------------------------
+
+
+@pytest.mark.anyio
+async def test_pipelines_built_from_one_seeded_backoff_wait_alike_and_apart() -> None:
+    """``seed=``: every pipeline built from the configuration draws the same
+    reproducible delays, and one pipeline's draws never shift another's."""
+
+    async def delays(pipeline: Pipeline) -> list[float]:
+        inner = ScriptedTransport.of(reply(503))
+        with pytest.raises(RetriesExhausted) as info:
+            await ResilientTransport(pipeline, inner=inner).handle_async_request(
+                httpx.Request("GET", "https://api.test/x")
+            )
+        return info.value.report.delays
+
+    retry = Retry(max_attempts=4, budget=None, backoff=ExponentialBackoff(seed=5))
+    first = Pipeline([retry], clock=VirtualClock(), telemetry=False)
+    second = Pipeline([retry], clock=VirtualClock(), telemetry=False)
+    a = await delays(first)
+    assert await delays(second) == a
+    assert await delays(first) != a  # the first pipeline's generator moved on
+
+
+@pytest.mark.anyio
+async def test_a_given_rng_is_copied_per_pipeline_not_advanced() -> None:
+    """``rng=``: each pipeline draws from its own copy of the generator, so the
+    caller's generator is left where it was and two pipelines wait alike."""
+    rng = random.Random(9)
+    state = rng.getstate()
+    backoff = ExponentialBackoff(rng=rng)
+    inner = ScriptedTransport.of(reply(503))
+    clock = VirtualClock()
+    pipeline = Pipeline([Retry(max_attempts=3, backoff=backoff, budget=None)], clock=clock)
+    with pytest.raises(RetriesExhausted):
+        await ResilientTransport(pipeline, inner=inner).handle_async_request(
+            httpx.Request("GET", "https://api.test/x")
+        )
+    assert rng.getstate() == state
+    twin = random.Random(9)
+    assert clock.sleeps == [twin.uniform(0.0, 1.0), twin.uniform(0.0, 2.0)]
+
+
+def test_seed_and_rng_together_are_refused() -> None:
+    """Two sources of randomness for one backoff is a configuration error naming both."""
+    with pytest.raises(ConfigurationError, match="seed or rng"):
+        ExponentialBackoff(seed=1, rng=random.Random(1))
+    with pytest.raises(ConfigurationError, match="seed"):
+        ExponentialBackoff(seed=-1)

@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from resilience import ExponentialBackoff, Pipeline, ResilientTransport, Retry, RetryBudget
-from resilience.errors import ConfigurationError, RetriesExhausted
+from resilience.errors import RetriesExhausted
 from resilience.testing import VirtualClock, reply
 
 pytestmark = pytest.mark.anyio
@@ -56,7 +56,7 @@ async def burst(n: int, retry: Retry) -> tuple[int, list[str | None]]:
 @pytest.mark.parametrize("n", [200, 1_000])
 async def test_a_burst_gets_the_documented_share_of_retries(n: int) -> None:
     """N concurrent calls that all fail get about ``ratio * N`` retries from the
-    default budget (``ratio`` 0.2), not just the 10 a fresh bucket starts with."""
+    default budget (``ratio`` 0.2), not just the floor of 10 a second."""
     sent, reasons = await burst(n, Retry(max_attempts=2, backoff=ZERO))
     retries = sent - n
     assert 0.2 * n - 1 <= retries <= 0.2 * n + 10
@@ -64,7 +64,7 @@ async def test_a_burst_gets_the_documented_share_of_retries(n: int) -> None:
 
 
 async def test_a_small_burst_still_gets_the_ten_retries_a_fresh_budget_holds() -> None:
-    """Below 50 concurrent calls the floor decides: 10 retries."""
+    """Below 50 concurrent calls the floor decides: 10 retries in the second."""
     sent, _ = await burst(20, Retry(max_attempts=2, backoff=ZERO))
     assert sent - 20 == 10
 
@@ -77,9 +77,10 @@ async def test_retries_of_a_burst_follow_the_ratio() -> None:
 
 
 async def test_a_long_healthy_stream_does_not_bank_retries() -> None:
-    """Thousands of earlier successful calls, one at a time, do not fill the
-    bucket beyond its floor: the outage that follows gets 10 retries in hand,
-    then the ratio."""
+    """A thousand earlier successful calls, at 50 a second, bank nothing: in the
+    first second of the outage that follows (50 more calls) the retries are those of
+    that second's 50 calls, 10 (``ratio`` 0.2, no floor), not 10 more besides."""
+    clock = VirtualClock()
     state = {"status": 200}
     sent = 0
 
@@ -90,36 +91,42 @@ async def test_a_long_healthy_stream_does_not_bank_retries() -> None:
 
     budget = RetryBudget(min_per_second=0.0)
     pipeline = Pipeline(
-        [Retry(max_attempts=2, backoff=ZERO, budget=budget)], clock=VirtualClock(), telemetry=False
+        [Retry(max_attempts=2, backoff=ZERO, budget=budget)], clock=clock, telemetry=False
     )
     transport = ResilientTransport(pipeline, inner=httpx.MockTransport(answer))
-    for _ in range(5_000):
+    for _ in range(1_000):
         response = await transport.handle_async_request(httpx.Request("GET", URL))
         await response.aclose()
+        clock.advance(0.02)
     state["status"] = 503
     sent = 0
-    for _ in range(100):
+    for _ in range(50):
         with pytest.raises(RetriesExhausted):
             await transport.handle_async_request(httpx.Request("GET", URL))
-    # 10 in hand, then 0.2 per call for the other calls.
-    assert 100 + 10 + 20 - 3 <= sent <= 100 + 10 + 20 + 3
+        clock.advance(0.02)
+    assert 50 + 9 <= sent <= 50 + 10
 
 
-@pytest.mark.parametrize(
-    ("kwargs", "named"),
-    [
-        ({"initial": 20.0, "capacity": 5.0}, "initial"),
-        ({"initial": 5.5, "capacity": 5.0}, "capacity"),
-    ],
-)
-def test_initial_above_capacity_is_refused(kwargs: dict[str, float], named: str) -> None:
-    """``initial`` larger than ``capacity`` is not cut down silently: it fails at
-    construction, naming both."""
-    with pytest.raises(ConfigurationError, match=named):
-        RetryBudget(**kwargs)
+async def test_the_reserve_is_spent_once() -> None:
+    """``initial``: retries a fresh pipeline holds beyond the per-second allowance,
+    spent once and never refilled."""
+    clock = VirtualClock()
+    budget = RetryBudget(ratio=0.0, min_per_second=0.0, initial=2.0)
+    pipeline = Pipeline(
+        [Retry(max_attempts=2, backoff=ZERO, budget=budget)], clock=clock, telemetry=False
+    )
+    transport = ResilientTransport(pipeline, inner=httpx.MockTransport(lambda r: reply(503)))
+    reasons = []
+    for _ in range(4):
+        with pytest.raises(RetriesExhausted) as info:
+            await transport.handle_async_request(httpx.Request("GET", URL))
+        reasons.append(info.value.report.gave_up)
+        clock.advance(3600.0)
+    assert reasons == ["max_attempts", "max_attempts", "budget", "budget"]
 
 
-def test_initial_equal_to_capacity_is_accepted() -> None:
-    """The edge: a bucket that starts full."""
-    RetryBudget(initial=5.0, capacity=5.0)
-    RetryBudget(initial=50.0)
+def test_capacity_is_gone() -> None:
+    """The old bucket's ``capacity`` has no meaning under the per-second rule: passing
+    it fails at once rather than being ignored."""
+    with pytest.raises(TypeError, match="capacity"):
+        RetryBudget(capacity=5.0)  # type: ignore[call-arg]

@@ -242,11 +242,11 @@ async def test_budget_is_deposited_once_per_logical_call() -> None:
     assert info.value.report.gave_up == "budget"
 
 
-async def test_budget_refill_stops_at_capacity_after_a_long_idle() -> None:
-    """An hour idle at 1 token/s does not bank 3,600 retries: the bucket holds at
-    most ``capacity`` (3), so a call in an outage then gets 3 retries."""
+async def test_a_long_idle_banks_no_retries() -> None:
+    """An hour idle does not bank retries: a call in an outage then gets the
+    floor's 3 retries of its second, and no more."""
     clock = VirtualClock()
-    budget = RetryBudget(ratio=0.0, min_per_second=1.0, initial=0.0, capacity=3.0)
+    budget = RetryBudget(ratio=0.0, min_per_second=3.0)
     inner = statuses(503)
     t = transport(inner, Retry(max_attempts=50, backoff=ZERO, budget=budget), clock=clock)
     clock.advance(3600.0)
@@ -405,6 +405,26 @@ async def test_an_empty_idempotency_key_does_not_make_a_post_replayable() -> Non
         await resilient.handle_async_request(request)
     assert len(inner.requests) == 1
     assert info.value.report.gave_up == "not_idempotent"
+
+
+async def test_a_backoff_returning_nan_still_honours_retry_after() -> None:
+    """A custom Backoff's NaN is no wait of its own, but the server's ``Retry-After``
+    still counts (it used to be dropped with the NaN)."""
+
+    class Broken:
+        @property
+        def max_delay(self) -> float:
+            return 30.0
+
+        def delay(self, retry: int, previous: float | None = None) -> float:
+            return float("nan")
+
+    clock = VirtualClock()
+    inner = statuses(503, 200, headers={"retry-after": "2"})
+    resilient = transport(inner, Retry(max_attempts=3, backoff=Broken()), clock=clock)
+    response = await resilient.handle_async_request(httpx.Request("GET", URL))
+    await response.aclose()
+    assert clock.sleeps == [2.0]
 
 
 async def test_a_backoff_returning_nan_waits_nothing() -> None:
