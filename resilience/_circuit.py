@@ -28,8 +28,8 @@ import collections
 import enum
 import logging
 import math
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator
+from typing import Protocol
 
 import httpx
 
@@ -38,10 +38,46 @@ from ._hold import Hold, HoldQueue
 from ._layer import Call, PipelineEnv, PipelineLike
 from ._verdict import Action, Verdict
 
-if TYPE_CHECKING:
-    from ._breaker import CircuitBreaker
+__all__ = ["Circuit", "CircuitPolicy", "CircuitRegistry", "CircuitState"]
 
-__all__ = ["Circuit", "CircuitRegistry", "CircuitState"]
+
+class CircuitPolicy(Protocol):
+    """What circuits read of their configuration (a ``CircuitBreaker`` provides it).
+
+    Circuits sit below the breaker layer: they know the policy by this shape, not
+    the layer's module, so the two modules do not import each other.
+    """
+
+    @property
+    def failure_ratio(self) -> float: ...
+    @property
+    def minimum_calls(self) -> int: ...
+    @property
+    def window(self) -> float: ...
+    @property
+    def window_calls(self) -> int | None: ...
+    @property
+    def break_duration(self) -> float: ...
+    @property
+    def max_break_duration(self) -> float | None: ...
+    @property
+    def break_growth(self) -> float | None: ...
+    @property
+    def consecutive_failures(self) -> int | None: ...
+    @property
+    def half_open_calls(self) -> int: ...
+    @property
+    def slow_call_duration(self) -> float | None: ...
+    @property
+    def slow_call_ratio(self) -> float: ...
+    @property
+    def key(self) -> Callable[[httpx.Request], str | None]: ...
+    @property
+    def longest_break(self) -> float: ...
+    @property
+    def quiet_period(self) -> float: ...
+    def break_for(self, reopenings: int, age: float = 0.0) -> float: ...
+
 
 logger = logging.getLogger("resilience")
 
@@ -614,7 +650,7 @@ class CircuitRegistry:
         "_window_calls",
     )
 
-    def __init__(self, config: CircuitBreaker, env: PipelineEnv) -> None:
+    def __init__(self, config: CircuitPolicy, env: PipelineEnv) -> None:
         self._config = config
         self._env = env
         self._clock = env.clock
@@ -636,7 +672,7 @@ class CircuitRegistry:
         self._factory: type[Circuit] = _CountCircuit if config.window_calls else _TimeCircuit
 
     @staticmethod
-    def of(pipeline: PipelineLike, layer: CircuitBreaker | None = None) -> CircuitRegistry:
+    def of(pipeline: PipelineLike, layer: CircuitPolicy | None = None) -> CircuitRegistry:
         """The registry of a built pipeline's breaker.
 
         Args:
@@ -655,7 +691,7 @@ class CircuitRegistry:
         raise LookupError(f"{pipeline!r} has no such CircuitBreaker layer")
 
     @property
-    def config(self) -> CircuitBreaker:
+    def config(self) -> CircuitPolicy:
         """The layer configuration its circuits follow."""
         return self._config
 
