@@ -10,7 +10,18 @@ each call over the bare ``httpx.MockTransport`` it wraps:
   delays (``ExponentialBackoff(initial=0, max_delay=0)``), where the bare baseline
   is the same two requests made by hand;
 * with telemetry off, and on with no OpenTelemetry SDK configured;
-* next to ``httpx-retries`` on the same paths, when it is installed.
+* next to ``httpx-retries`` on the same paths, when it is installed;
+* the full stack, ``Timeout(total) + Retry + CircuitBreaker + AuthRefresh(StaticToken)
+  + Timeout(attempt)`` (generic classifier, telemetry on with no SDK), at the
+  transport level on both paths, side by side with ``Retry`` alone, httpx-retries,
+  resilient-http and pyresilience when they are installed (the last two run on
+  asyncio only: they call ``asyncio`` themselves);
+* the full stack under concurrency: 1, 100, 1,000 and 10,000 calls in flight at
+  once over a transport that yields once per request, the cost per call over the
+  bare transport and the memory per call in flight (tracemalloc).
+
+``--backend`` picks asyncio, trio or both (the default). ``--clock cpu`` times with
+the thread's CPU time instead of the wall clock, steadier on a shared machine.
 
 Variants run interleaved in rounds (each round times every variant in turn), and
 the table reports the median per-call time of each, so drift of the machine hits
@@ -25,6 +36,7 @@ import gc
 import statistics
 import sys
 import time
+import tracemalloc
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -36,18 +48,34 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from resilience import (
+    AuthRefresh,
+    CircuitBreaker,
     ExponentialBackoff,
     Pipeline,
     ResilientTransport,
     Retry,
     RetryBudget,
+    StaticToken,
     SystemClock,
+    Timeout,
 )
 
 try:  # optional, for comparison only; not a dependency of the project
     import httpx_retries
 except ImportError:  # pragma: no cover - depends on the environment
     httpx_retries = None
+try:
+    import resilient_http
+except ImportError:  # pragma: no cover
+    resilient_http = None
+try:
+    import pyresilience
+except ImportError:  # pragma: no cover
+    pyresilience = None
+
+#: The timer: the wall clock, or (``--clock cpu``) this thread's CPU time, which
+#: leaves out the time other processes of a shared machine take from it.
+now = time.perf_counter
 
 URL = "https://api.test/v1/things"
 BODY = b'{"ok": true}'
@@ -129,17 +157,17 @@ def client_step(client: httpx.AsyncClient, *, by_hand: bool) -> Step:
 
 async def time_step(step: Step, calls: int) -> float:
     """Microseconds per call of ``calls`` runs of ``step``."""
-    start = time.perf_counter()
+    start = now()
     for _ in range(calls):
         await step()
-    return (time.perf_counter() - start) / calls * 1e6
+    return (now() - start) / calls * 1e6
 
 
 VARIANTS = ("bare", "resilience, telemetry off", "resilience, telemetry on (no SDK)")
 RETRIES = "httpx-retries"
 
 
-async def measure(level: str, path: str, rounds: int, calls: int) -> dict[str, float]:
+async def measure(level: str, path: str, rounds: int, calls: int, backend: str) -> dict[str, float]:
     """Median µs per call of each variant on one level and path, interleaved."""
     retrying = path != "success"
     make_handler = flaky_handler if retrying else success_handler
@@ -148,7 +176,7 @@ async def measure(level: str, path: str, rounds: int, calls: int) -> dict[str, f
         VARIANTS[1]: resilience_transport(make_handler(), retrying=retrying, telemetry=False),
         VARIANTS[2]: resilience_transport(make_handler(), retrying=retrying, telemetry=True),
     }
-    if httpx_retries is not None:
+    if httpx_retries is not None and backend == "asyncio":  # it sleeps on asyncio
         transports[RETRIES] = httpx_retries_transport(make_handler())
     clients: list[httpx.AsyncClient] = []
     steps: dict[str, Step] = {}
@@ -224,6 +252,273 @@ async def count_checkpoints(calls: int) -> tuple[int, int, int, int]:
     return retries, len(clock.sleeps), counts["checkpoint"], counts["sleep"]
 
 
+# --- the full stack, side by side with the peers ---------------------------------
+
+
+def full_stack(handler: Handler, *, retrying: bool) -> Any:
+    """``Timeout(total) + Retry + CircuitBreaker + AuthRefresh(StaticToken) +
+    Timeout(attempt)``, generic classifier, telemetry on (no SDK configured).
+
+    On the retry path: zero waits, ``budget=None``, and a breaker that half the
+    attempts failing does not trip (``failure_ratio=1.0``).
+    """
+    retry = Retry(backoff=ZERO, budget=None) if retrying else Retry()
+    breaker = CircuitBreaker(failure_ratio=1.0) if retrying else CircuitBreaker()
+    layers = [
+        Timeout(total=30.0),
+        retry,
+        breaker,
+        AuthRefresh(StaticToken("t0ken")),
+        Timeout(attempt=10.0),
+    ]
+    return ResilientTransport(Pipeline(layers), inner=httpx.MockTransport(handler))
+
+
+def retry_alone(handler: Handler, *, retrying: bool) -> Any:
+    """``Pipeline([Retry()])``; zero waits and ``budget=None`` on the retry path."""
+    retry = Retry(backoff=ZERO, budget=None) if retrying else Retry()
+    return ResilientTransport(Pipeline([retry]), inner=httpx.MockTransport(handler))
+
+
+class _SendOnly:
+    """What resilient-http needs of a client, over the transport: ``request()``
+    sends one prepared request (so that only its own work is measured)."""
+
+    def __init__(self, transport: httpx.AsyncBaseTransport) -> None:
+        self._send = transport.handle_async_request
+        self._request = httpx.Request("GET", URL)
+
+    async def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        return await self._send(self._request)
+
+    async def aclose(self) -> None:
+        pass
+
+
+def resilient_http_step(handler: Handler) -> Step:
+    """resilient-http's ``ResilientAsyncClient`` (retry + circuit breaker, zero
+    backoff) over the same MockTransport."""
+    assert resilient_http is not None
+    client = resilient_http.ResilientAsyncClient(
+        client=_SendOnly(httpx.MockTransport(handler)),  # type: ignore[arg-type]
+        retry_policy=resilient_http.RetryPolicy(backoff=lambda attempt: 0.0),
+    )
+
+    async def step() -> None:
+        response = await client.request("GET", URL)
+        assert response.status_code == 200
+        await response.aclose()
+
+    return step
+
+
+def pyresilience_step(handler: Handler) -> Step:
+    """pyresilience's ``@resilient`` with retry (on a 5xx result, no delay), a
+    per-attempt timeout and a circuit breaker, around the transport."""
+    assert pyresilience is not None
+    transport = httpx.MockTransport(handler)
+    request = httpx.Request("GET", URL)
+
+    @pyresilience.resilient(
+        retry=pyresilience.RetryConfig(
+            max_attempts=3,
+            delay=0.0,
+            jitter=False,
+            retry_on_result=lambda response: response.status_code >= 500,
+        ),
+        timeout=pyresilience.TimeoutConfig(seconds=10.0, per_attempt=True),
+        circuit_breaker=pyresilience.CircuitBreakerConfig(),
+    )
+    async def send() -> httpx.Response:
+        return await transport.handle_async_request(request)
+
+    async def step() -> None:
+        response = await send()
+        assert response.status_code == 200
+        await response.aclose()
+
+    return step
+
+
+STACK = "resilience: full stack"
+STACK_VARIANTS = (
+    "bare",
+    STACK,
+    "resilience: Retry() alone",
+    "httpx-retries (retry)",
+    "resilient-http (retry + breaker)",
+    "pyresilience (retry + timeout + breaker)",
+)
+
+
+async def measure_stack(path: str, rounds: int, calls: int, backend: str) -> dict[str, float]:
+    """Median µs per call of the full stack and the peers on one path, interleaved."""
+    retrying = path != "success"
+    make_handler = flaky_handler if retrying else success_handler
+    steps: dict[str, Step] = {
+        "bare": transport_step(httpx.MockTransport(make_handler()), by_hand=retrying),
+        STACK: transport_step(full_stack(make_handler(), retrying=retrying), by_hand=False),
+        STACK_VARIANTS[2]: transport_step(
+            retry_alone(make_handler(), retrying=retrying), by_hand=False
+        ),
+    }
+    if backend == "asyncio":  # the peers call asyncio themselves
+        if httpx_retries is not None:
+            steps[STACK_VARIANTS[3]] = transport_step(
+                httpx_retries_transport(make_handler()), by_hand=False
+            )
+        if resilient_http is not None:
+            steps[STACK_VARIANTS[4]] = resilient_http_step(make_handler())
+        if pyresilience is not None:
+            steps[STACK_VARIANTS[5]] = pyresilience_step(make_handler())
+    return await interleave(steps, rounds, calls)
+
+
+async def interleave(steps: dict[str, Step], rounds: int, calls: int) -> dict[str, float]:
+    """Median µs per call of each step, in rounds of rotating order."""
+    samples: dict[str, list[float]] = {name: [] for name in steps}
+    for step in steps.values():  # warm up
+        await time_step(step, max(calls // 10, 10))
+    names = list(steps)
+    for round_number in range(rounds):
+        shift = round_number % len(names)
+        for name in names[shift:] + names[:shift]:
+            gc.collect()
+            samples[name].append(await time_step(steps[name], calls))
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def stack_table(results: dict[str, dict[str, float]], backend: str) -> str:
+    """The full-stack results as a fixed-width table."""
+    lines = [
+        f"{'path':<20} {'variant':<42} {'µs/call':>8} {'ratio':>6} {'+µs':>7}",
+        "-" * 87,
+    ]
+    for path, medians in results.items():
+        bare = medians["bare"]
+        for name in STACK_VARIANTS:
+            if name not in medians:
+                why = (
+                    "asyncio only"
+                    if backend != "asyncio" and name != STACK_VARIANTS[2]
+                    else "not installed"
+                )
+                lines.append(f"{path:<20} {name:<42} {why:>23}")
+                continue
+            value = medians[name]
+            label = name if name != "bare" or path == "success" else "bare (retry by hand)"
+            lines.append(
+                f"{path:<20} {label:<42} {value:8.2f} {value / bare:6.2f} {value - bare:+7.2f}"
+            )
+    return "\n".join(lines)
+
+
+# --- the full stack under concurrency --------------------------------------------
+
+SWEEP = (1, 100, 1000, 10_000)
+
+
+async def yielding(request: httpx.Request) -> httpx.Response:
+    """A 200 after one checkpoint, so that concurrent calls are all in flight."""
+    await anyio.lowlevel.checkpoint()
+    return httpx.Response(200, content=BODY)
+
+
+async def batch(transport: Any, size: int) -> None:
+    """``size`` calls at once, each in its own task."""
+    request = httpx.Request("GET", URL)
+    send = transport.handle_async_request
+
+    async def one() -> None:
+        response = await send(request)
+        assert response.status_code == 200
+        await response.aclose()
+
+    async with anyio.create_task_group() as group:
+        for _ in range(size):
+            group.start_soon(one)
+
+
+async def time_batches(transport: Any, size: int, total: int) -> float:
+    """µs per call of ``total`` calls made in batches of ``size``."""
+    batches = max(total // size, 1)
+    start = now()
+    for _ in range(batches):
+        await batch(transport, size)
+    return (now() - start) / (batches * size) * 1e6
+
+
+async def memory_per_call(transport: Any, size: int) -> float:
+    """Peak bytes per call while ``size`` calls are in flight at once (tracemalloc)."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        await batch(transport, size)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    return (peak - base) / size
+
+
+async def sweep(rounds: int, total: int) -> list[tuple[int, float, float, float, float]]:
+    """For each concurrency: (calls in flight, bare µs/call, stack µs/call, bare
+    bytes/call, stack bytes/call), medians of interleaved rounds."""
+    bare = httpx.MockTransport(yielding)
+    stack = ResilientTransport(
+        Pipeline(
+            [
+                Timeout(total=30.0),
+                Retry(),
+                CircuitBreaker(),
+                AuthRefresh(StaticToken("t0ken")),
+                Timeout(attempt=10.0),
+            ]
+        ),
+        inner=httpx.MockTransport(yielding),
+    )
+    rows = []
+    for size in SWEEP:
+        calls = max(total, size)
+        await time_batches(bare, size, calls // 4)  # warm up
+        await time_batches(stack, size, calls // 4)
+        bare_times: list[float] = []
+        stack_times: list[float] = []
+        for number in range(rounds):
+            order = [(bare, bare_times), (stack, stack_times)]
+            for transport, samples in order if number % 2 else order[::-1]:
+                gc.collect()
+                samples.append(await time_batches(transport, size, calls))
+        rows.append(
+            (
+                size,
+                statistics.median(bare_times),
+                statistics.median(stack_times),
+                await memory_per_call(bare, size),
+                await memory_per_call(stack, size),
+            )
+        )
+    return rows
+
+
+def sweep_table(rows: list[tuple[int, float, float, float, float]]) -> str:
+    """The sweep as a fixed-width table; the cost per call relative to one call."""
+    lines = [
+        f"{'in flight':>9} {'bare µs':>8} {'stack µs':>9} {'+µs':>7} {'vs 1':>6} "
+        f"{'bare B/call':>12} {'stack B/call':>13} {'+B/call':>8}",
+        "-" * 80,
+    ]
+    first = rows[0][2] - rows[0][1]
+    for size, bare, stack, bare_bytes, stack_bytes in rows:
+        extra = stack - bare
+        lines.append(
+            f"{size:>9,} {bare:8.2f} {stack:9.2f} {extra:+7.2f} {extra / first:6.2f} "
+            f"{bare_bytes:12,.0f} {stack_bytes:13,.0f} {stack_bytes - bare_bytes:+8,.0f}"
+        )
+    return "\n".join(lines)
+
+
 def table(results: dict[tuple[str, str], dict[str, float]]) -> str:
     """The results as a fixed-width table."""
     lines = [
@@ -234,7 +529,8 @@ def table(results: dict[tuple[str, str], dict[str, float]]) -> str:
         bare = medians["bare"]
         for name in (*VARIANTS, RETRIES):
             if name not in medians:
-                lines.append(f"{level:<10} {path:<22} {name:<34} {'not installed':>23}")
+                why = "not installed" if httpx_retries is None else "asyncio only"
+                lines.append(f"{level:<10} {path:<22} {name:<34} {why:>23}")
                 continue
             value = medians[name]
             label = name if name != "bare" or path == "success" else "bare (retry by hand)"
@@ -245,32 +541,57 @@ def table(results: dict[tuple[str, str], dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-async def main(rounds: int, calls: int) -> None:
-    """Measure every level and path, print the table and the checkpoint check."""
-    results: dict[tuple[str, str], dict[str, float]] = {}
-    for level, per_round in (("transport", calls), ("client", calls // 4)):
+async def main(rounds: int, calls: int, backend: str, parts: set[str]) -> None:
+    """Measure every level and path, print the tables and the checkpoint check."""
+    header = (
+        f"python {sys.version.split()[0]}, httpx {httpx.__version__}, {backend}; "
+        f"{rounds} interleaved rounds, median µs per logical call "
+        f"({'thread CPU time' if now is time.thread_time else 'wall clock'})"
+    )
+    print(header)
+    if "layers" in parts:
+        results: dict[tuple[str, str], dict[str, float]] = {}
+        for level, per_round in (("transport", calls), ("client", calls // 4)):
+            for path in ("success", "503 once, then 200"):
+                results[(level, path)] = await measure(level, path, rounds, per_round, backend)
+        print(table(results))
+        success = results[("transport", "success")]
+        overhead = success[VARIANTS[1]] - success["bare"]
+        print(
+            f"\nsuccess-path overhead at the transport level: {overhead:.2f} µs per call "
+            f"(target: <= 3 µs)"
+        )
+    if "stack" in parts:
+        stack: dict[str, dict[str, float]] = {}
         for path in ("success", "503 once, then 200"):
-            results[(level, path)] = await measure(level, path, rounds, per_round)
-    print(
-        f"python {sys.version.split()[0]}, httpx {httpx.__version__}, asyncio; "
-        f"{rounds} interleaved rounds, median µs per logical call"
-    )
-    print(table(results))
-    overhead = (
-        results[("transport", "success")][VARIANTS[1]] - results[("transport", "success")]["bare"]
-    )
-    print(
-        f"\nsuccess-path overhead at the transport level: {overhead:.2f} µs per call "
-        f"(target: <= 3 µs)"
-    )
-    retries, sleeps, checkpoints, anyio_sleeps = await count_checkpoints(1000)
-    print(
-        f"zero-delay retries: {retries} retries, {sleeps} clock sleeps, "
-        f"{checkpoints} checkpoints, {anyio_sleeps} anyio.sleep calls "
-        f"(target: one checkpoint per retry, no sleep)"
-    )
-    if not (retries == sleeps == checkpoints and anyio_sleeps == 0):
-        raise SystemExit("a zero-delay retry costs more than one checkpoint")
+            stack[path] = await measure_stack(path, rounds, calls, backend)
+        print(f"\nthe full stack, transport level ({backend})")
+        print(stack_table(stack, backend))
+        success_cost = stack["success"][STACK] - stack["success"]["bare"]
+        retry_cost = (
+            stack["503 once, then 200"][STACK] - stack["503 once, then 200"]["bare"] - success_cost
+        )
+        print(
+            f"full stack: {success_cost:+.2f} µs per call on the success path (target: <= 15); "
+            f"the retry's own work on top: {retry_cost:+.2f} µs"
+        )
+    if "sweep" in parts:
+        rows = await sweep(max(rounds // 3, 3), calls * 5)
+        print(f"\nthe full stack under concurrency ({backend}; transport yields once per call)")
+        print(sweep_table(rows))
+        costs = [stack - bare for _, bare, stack, _, _ in rows]
+        spread = max(costs) / min(costs) - 1
+        print(f"cost per call from 1 to {SWEEP[-1]:,} in flight: spread {spread:.0%} (target: 20%)")
+    if "layers" in parts:
+        retries, sleeps, checkpoints, anyio_sleeps = await count_checkpoints(1000)
+        print(
+            f"\nzero-delay retries: {retries} retries, {sleeps} clock sleeps, "
+            f"{checkpoints} checkpoints, {anyio_sleeps} anyio.sleep calls "
+            f"(target: one checkpoint per retry, no sleep)"
+        )
+        if not (retries == sleeps == checkpoints and anyio_sleeps == 0):
+            raise SystemExit("a zero-delay retry costs more than one checkpoint")
+    print()
 
 
 if __name__ == "__main__":
@@ -278,7 +599,20 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=31, help="interleaved rounds")
     parser.add_argument("--calls", type=int, default=2000, help="calls per round (transport)")
     parser.add_argument("--quick", action="store_true", help="a short run (5 rounds)")
+    parser.add_argument(
+        "--backend", choices=("asyncio", "trio", "both"), default="both", help="event loop"
+    )
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="what is timed")
+    parser.add_argument(
+        "--only",
+        default="layers,stack,sweep",
+        help="comma-separated parts: layers (Retry alone), stack, sweep",
+    )
     args = parser.parse_args()
     if args.quick:
         args.rounds, args.calls = 5, 400
-    anyio.run(main, args.rounds, args.calls, backend="asyncio")
+    if args.clock == "cpu":
+        now = time.thread_time
+    chosen = set(args.only.split(","))
+    for name in ("asyncio", "trio") if args.backend == "both" else (args.backend,):
+        anyio.run(main, args.rounds, args.calls, name, chosen, backend=name)

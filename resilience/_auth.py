@@ -51,6 +51,8 @@ from ._classifier import (
 from ._events import TokenRefreshed
 from ._layer import Call, CallNext, Outcome, PipelineEnv
 from ._secret import Secret, mentions, scrub_problem
+from ._shared_token import DEFAULT_FETCH_TIME, SharedToken
+from ._store import StateStore
 from ._tokens import (
     Token,
     TokenProvider,
@@ -150,6 +152,14 @@ def _check_endpoint(instance: Any, attribute: attrs.Attribute[Any], value: Any) 
     token_endpoint_of(value)
 
 
+def _check_store(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None and not isinstance(value, StateStore):
+        raise ConfigurationError(
+            f"AuthRefresh: store must be a StateStore (MemoryStore, RedisStore), "
+            f"got {type(value).__name__}"
+        )
+
+
 # --- the layer ----------------------------------------------------------------------
 
 
@@ -205,6 +215,9 @@ class AuthRefresh:
         header: the header the token goes in.
         scheme: put before the token (``"Bearer"``); ``None`` or ``""`` sends the
             bare token (for an API-key header).
+        store: a :class:`~resilience.RedisStore` (or any state store) to share the
+            token through: a fleet of processes then makes one token request per
+            expiry (see docs/shared-state.md). Default: each pipeline fetches its own.
     """
 
     provider: TokenProvider = attrs.field(validator=[v.has_method("fetch"), _check_endpoint])
@@ -227,6 +240,12 @@ class AuthRefresh:
     """Seconds one token fetch may take (``Timeout(attempt=...)`` does not cover it);
     a fetch that runs out is a transient failure. ``None``: no limit of its own,
     only httpx's default of 5 s for each connect, read, write and pool wait."""
+    store: StateStore | None = attrs.field(
+        default=None, kw_only=True, validator=_check_store, repr=False
+    )
+    """Shares the access token between pipelines and processes (a
+    :class:`~resilience.RedisStore`: one token request per expiry for a fleet);
+    ``None``: each pipeline fetches its own. Only the access token is stored."""
 
     def refresh_after(self, expires_in: float | None) -> float:
         """Seconds after a fetch starts at which its token is refreshed proactively.
@@ -255,7 +274,14 @@ class AuthRefresh:
             base = httpx.URL(self.origins[0])
         else:
             base = None
-        return _AuthHandler(self, env, prefix, allowed, base)
+        handler = _AuthHandler(self, env, prefix, allowed, base)
+        if self.store is not None:
+            handler.shared = SharedToken(
+                self.store,
+                "",  # keyed at the first fetch: the origin may not be known before
+                DEFAULT_FETCH_TIME if self.fetch_timeout is None else self.fetch_timeout,
+            )
+        return handler
 
 
 @attrs.define(eq=False, slots=True, repr=False)
@@ -317,6 +343,8 @@ class _AuthHandler:
     replayed: weakref.WeakSet[Call] = attrs.field(factory=weakref.WeakSet, init=False)
     """Calls that already refreshed and replayed once (a call may pass here again:
     a Retry attempt, a splitter's re-request)."""
+    shared: SharedToken | None = attrs.field(default=None, init=False)
+    """The store that shares the token (``AuthRefresh(store=...)``), or ``None``."""
 
     def __repr__(self) -> str:
         state = "no token" if self.token is None else f"token #{self.generation}"
@@ -430,13 +458,15 @@ class _AuthHandler:
         # A copy: the caller's request (which Retry may send again) never holds a token.
         headers = request.headers.copy()
         headers[self.config.header] = self.prefix + token.value
-        return httpx.Request(
-            request.method,
-            request.url,
-            headers=headers,
-            stream=request.stream,
-            extensions=request.extensions,
-        )
+        # Built field by field: httpx.Request() would copy the headers and the URL
+        # again and re-check the method, on every attempt (half this step's cost).
+        copy = object.__new__(httpx.Request)
+        copy.method = request.method
+        copy.url = request.url  # immutable: shared
+        copy.headers = headers
+        copy.extensions = dict(request.extensions)
+        copy.stream = request.stream
+        return copy
 
     def _usable(self, now: float, rejected: int | None, *, fast: bool) -> tuple[Token, int] | None:
         """The cached token if it serves this caller without a fetch, else ``None``.
@@ -497,8 +527,13 @@ class _AuthHandler:
     ) -> tuple[Token, int] | Outcome:
         """Fetch under the lock; a cancellation leaves every field as it was."""
         env = self.env
+        fetched = True
+        refresh_in: float | None = None
         try:
-            token = await self._call_provider(call, trigger)
+            if self.shared is None:
+                token = await self._call_provider(call, trigger)
+            else:
+                token, started, refresh_in, fetched = await self._shared(call, trigger)
         except Exception as exc:
             failure = self._failure_of(exc)
             self.completed += 1
@@ -516,14 +551,20 @@ class _AuthHandler:
                 return current, self.generation
             logger.warning("resilience auth: %s token fetch failed: %s", trigger, failure.message)
             return self._failed(request, call, failure)
+        if fetched or self.token is None or token.value != self.token.value:
+            self.generation += 1
         self.token = token
-        self.generation += 1
         self.completed += 1
         self.failure = None
         self.pause_until = -math.inf
         life = token.expires_in
         self.expires_at = math.inf if life is None else started + life
-        self.refresh_at = started + self.config.refresh_after(life)
+        if refresh_in is None:
+            refresh_in = self.config.refresh_after(life)
+        self.refresh_at = started + refresh_in
+        if not fetched:
+            # Another process fetched it: this one emits nothing (one event per fetch).
+            return token, self.generation
         env.emit(TokenRefreshed(trigger=trigger, expires_in=life), call)
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug(
@@ -533,6 +574,26 @@ class _AuthHandler:
                 type(self.config.provider).__name__,
             )
         return token, self.generation
+
+    async def _shared(self, call: Call, trigger: str) -> tuple[Token, float, float, bool]:
+        """The fleet's token from the store, or this process's fetch stored there."""
+        shared = self.shared
+        assert shared is not None
+        if not shared.key:
+            client_id = getattr(self.config.provider, "client_id", None)
+            who = (
+                client_id
+                if isinstance(client_id, str) and client_id
+                else ",".join(sorted(_origin_text(o) for o in self.allowed or ()))
+            )
+            shared.key = f"{self.env.vendor}:{who}"
+        current = self.token
+        return await shared.obtain(
+            self.env.clock,
+            lambda: self._call_provider(call, trigger),
+            self.config.refresh_after,
+            current.value if trigger == "rejected" and current is not None else None,
+        )
 
     async def _call_provider(self, call: Call, trigger: str) -> Token:
         provider = self.config.provider
