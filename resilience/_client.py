@@ -17,6 +17,7 @@ import httpx
 
 from ._pipeline import Pipeline
 from ._transport import ResilientTransport
+from .errors import ConfigurationError
 
 __all__ = ["AsyncClient"]
 
@@ -66,7 +67,9 @@ class AsyncClient(httpx.AsyncClient):
 
     def __init__(self, pipeline: Pipeline, /, **options: Any) -> None:
         if not isinstance(pipeline, Pipeline):
-            raise TypeError(f"pipeline must be a Pipeline, got {type(pipeline).__name__}")
+            raise ConfigurationError(
+                f"AsyncClient: pipeline must be a Pipeline, got {type(pipeline).__name__}"
+            )
         # httpx's __init__ calls the two builders below, which read it.
         self.pipeline = pipeline
         mounts: Mapping[str, httpx.AsyncBaseTransport | None] | None = options.pop("mounts", None)

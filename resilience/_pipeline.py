@@ -172,6 +172,11 @@ class Pipeline:
     ) -> httpx.Response:
         """Run one logical call through the layers; return the response or raise."""
         call = Call(self.env, inner, request)
+        # Every copy a layer makes carries it, so a classifier reads the call's
+        # history here (report_of(request)) instead of keeping any of its own.
+        extensions = request.extensions
+        outer = extensions.get("resilience")
+        extensions["resilience"] = call.report
         instrument = self.env.instrument
         # The name the library's log records of this call carry (_telemetry_names).
         named = CURRENT_PIPELINE.set(self.name)
@@ -193,6 +198,12 @@ class Pipeline:
             return await self._finish(call, outcome)
         finally:
             CURRENT_PIPELINE.reset(named)
+            # The caller's request must not keep the report (and its problems)
+            # alive after the call; an enclosing pipeline's report comes back.
+            if outer is None:
+                extensions.pop("resilience", None)
+            else:
+                extensions["resilience"] = outer
 
     async def _run(self, call: Call) -> httpx.Response:
         outcome = await self._chain(call.request, call)

@@ -281,5 +281,9 @@ def standard_pipeline(
         raise LookupError(f"plugin {vendor!r} has no preset")
     pipeline = preset(auth=auth, clock=clock, **overrides)
     if not isinstance(pipeline, Pipeline):
-        raise TypeError(f"plugin {vendor!r} preset returned {type(pipeline).__name__}")
+        # The plugin's bug, not a bad argument of the caller: no ConfigurationError.
+        raise TypeError(
+            f"plugin {vendor!r}: its preset returned {type(pipeline).__name__}, not a "
+            "Pipeline (a bug in the plugin)"
+        )
     return pipeline

@@ -94,22 +94,32 @@ class CallReport:
         return len(self.delays)
 
 
-def report_of(response: httpx.Response) -> CallReport:
-    """The report of a response a :class:`~resilience.Pipeline` returned.
+def report_of(message: httpx.Response | httpx.Request) -> CallReport:
+    """The report of a response a :class:`~resilience.Pipeline` returned, or of the
+    call a request is part of.
 
     The typed way to read ``response.extensions["resilience"]`` (also set on an
     error's ``.response``). A response that did not come through a pipeline (a
     client without ``ResilientTransport``, a response built by hand) has none:
     that is a :class:`LookupError` saying so, rather than a ``None`` every caller
     would have to check.
+
+    A request carries the report of its call from the moment a pipeline starts
+    it, and so does every copy a layer sends (a token-bearing copy, a hedge, a
+    narrowed re-request): a classifier that needs the call's history (how many
+    attempts already failed some way) reads ``report_of(request).verdicts``,
+    which hold every earlier attempt's verdict, rather than keeping state of its
+    own. The current attempt's verdict is added after ``classify()`` returns.
     """
-    if not isinstance(response, httpx.Response):
-        raise TypeError(f"report_of() takes an httpx.Response, got {type(response).__name__}")
-    report = response.extensions.get("resilience")
+    if not isinstance(message, (httpx.Response, httpx.Request)):
+        raise TypeError(
+            f"report_of() takes an httpx.Response or httpx.Request, got {type(message).__name__}"
+        )
+    report = message.extensions.get("resilience")
     if not isinstance(report, CallReport):
         raise LookupError(
-            "this response did not come through a resilience Pipeline (its "
-            'extensions have no "resilience" report); send it with '
+            f"this {type(message).__name__.lower()} did not come through a resilience "
+            'Pipeline (its extensions have no "resilience" report); send it with '
             "ResilientTransport or resilience.AsyncClient"
         )
     return report

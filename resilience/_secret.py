@@ -21,6 +21,7 @@ from urllib.parse import quote, quote_plus
 import attrs
 
 from ._verdict import FieldError, Problem
+from .errors import ConfigurationError
 
 __all__ = ["Secret", "scrub_problem"]
 
@@ -39,7 +40,8 @@ class Secret:
 
     Args:
         value: the secret; a :class:`Secret` is unwrapped, anything else but a
-            ``str`` is a :class:`TypeError` (whose message never shows the value).
+            ``str`` is a :class:`~resilience.errors.ConfigurationError` (whose
+            message never shows the value).
 
     Two secrets are equal when their values are (compared in constant time).
     """
@@ -52,7 +54,7 @@ class Secret:
         if isinstance(value, Secret):
             value = value.reveal()
         if not isinstance(value, str):
-            raise TypeError(f"Secret wraps a str, got {type(value).__name__}")
+            raise ConfigurationError(f"Secret: value must be a str, got {type(value).__name__}")
         self._value = value
 
     def reveal(self) -> str:

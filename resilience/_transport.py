@@ -46,7 +46,9 @@ class ResilientTransport(httpx.AsyncBaseTransport):
 
     def __init__(self, pipeline: Pipeline, inner: httpx.AsyncBaseTransport | None = None) -> None:
         if not isinstance(pipeline, Pipeline):
-            raise TypeError(f"pipeline must be a Pipeline, got {type(pipeline).__name__}")
+            raise ConfigurationError(
+                f"ResilientTransport: pipeline must be a Pipeline, got {type(pipeline).__name__}"
+            )
         if inner is not None and not (
             isinstance(inner, httpx.AsyncBaseTransport)
             or callable(getattr(inner, "handle_async_request", None))

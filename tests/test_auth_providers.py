@@ -264,7 +264,7 @@ def test_secret_never_shows_itself() -> None:
     assert bool(secret)
     assert not Secret("")
     assert pickle.loads(pickle.dumps(secret)) == secret
-    with pytest.raises(TypeError, match="got int"):
+    with pytest.raises(ConfigurationError, match="Secret: value must be a str, got int"):
         Secret(42)  # type: ignore[arg-type]
 
 

@@ -283,9 +283,10 @@ async def test_closing_the_client_closes_every_route() -> None:
 
 
 def test_rejects_a_non_pipeline_and_sync_transports() -> None:
-    """A non-pipeline is a TypeError; a sync transport (as ``transport=`` or in
-    ``mounts=``) fails at construction, saying the library is async only."""
-    with pytest.raises(TypeError, match="Pipeline"):
+    """A non-pipeline is a ConfigurationError naming ``pipeline``; a sync transport
+    (as ``transport=`` or in ``mounts=``) fails at construction, saying the library
+    is async only."""
+    with pytest.raises(ConfigurationError, match="AsyncClient: pipeline must be a Pipeline"):
         resilience.AsyncClient("http")  # type: ignore[arg-type]
     sync: Any = httpx.HTTPTransport()
     with pytest.raises(ConfigurationError, match=r"inner .*httpx\.HTTPTransport.*async only"):

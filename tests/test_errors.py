@@ -316,6 +316,37 @@ def test_configuration_error_is_a_value_error_naming_the_argument() -> None:
     assert resilience.errors.ConfigurationError is ConfigurationError
 
 
+@pytest.mark.parametrize(
+    ("build", "named"),
+    [
+        (lambda: resilience.ResilientTransport("http"), "ResilientTransport: pipeline"),
+        (lambda: resilience.AsyncClient([Retry()]), "AsyncClient: pipeline"),
+        (lambda: resilience.Secret(b"hunter2"), "Secret: value must be a str, got bytes"),
+    ],
+    ids=["transport", "client", "secret"],
+)
+def test_a_wrong_type_of_argument_is_a_configuration_error(build: Any, named: str) -> None:
+    """A constructor given an argument of the wrong type fails with the same error
+    as any bad argument, naming the class and the argument (never the value)."""
+    with pytest.raises(ConfigurationError, match=named) as caught:
+        build()
+    assert "hunter2" not in str(caught.value)
+
+
+def test_a_plugin_preset_returning_no_pipeline_stays_a_type_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A preset that returns something else is the plugin's bug, not the caller's bad
+    argument: a TypeError naming the plugin, not a ConfigurationError."""
+    from resilience import _loader
+
+    broken = type("Broken", (), {"preset": staticmethod(lambda **_: "not a pipeline")})()
+    monkeypatch.setitem(_loader._cache, "broken", broken)
+    with pytest.raises(TypeError, match="plugin 'broken': its preset returned str") as caught:
+        resilience.standard_pipeline("broken")
+    assert not isinstance(caught.value, ConfigurationError)
+
+
 class RejectsSuccess:
     """Fails every 200 without reading its body (like a classifier that dislikes a
     header)."""

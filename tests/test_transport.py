@@ -76,8 +76,8 @@ async def test_works_with_httpx_mock_transport() -> None:
 
 
 def test_rejects_a_non_pipeline() -> None:
-    """The first argument must be a Pipeline."""
-    with pytest.raises(TypeError, match="Pipeline"):
+    """The first argument must be a Pipeline: a ConfigurationError naming it."""
+    with pytest.raises(ConfigurationError, match="ResilientTransport: pipeline must be a Pipeline"):
         ResilientTransport([Retry()])  # type: ignore[arg-type]
 
 

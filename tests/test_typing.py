@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from resilience import CallReport, Retry, report_of
+from resilience import CallReport, HttpClassifier, Retry, Verdict, report_of
 from resilience.testing import ScriptedTransport, reply, through
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,12 +103,29 @@ def test_the_api_type_checks_and_its_misuses_do_not(tmp_path: Path) -> None:
 async def test_report_of_a_pipeline_response() -> None:
     """report_of gives the CallReport of a response the pipeline returned."""
     inner = ScriptedTransport.of(reply(503), reply(200))
-    async with httpx.AsyncClient(transport=through(inner, Retry())) as client:
+    seen: list[CallReport] = []
+
+    class Watching(HttpClassifier):
+        def classify(
+            self,
+            request: httpx.Request,
+            response: httpx.Response | None,
+            error: BaseException | None,
+        ) -> Verdict:
+            seen.append(report_of(request))
+            return super().classify(request, response, error)
+
+    transport = through(inner, Retry(), classifier=Watching())
+    async with httpx.AsyncClient(transport=transport) as client:
         r = await client.get("https://api.example.test/")
     report = report_of(r)
     assert isinstance(report, CallReport)
     assert report is r.extensions["resilience"]
     assert report.attempts == 2
+    # During the call the request carried the same report (what classifiers read),
+    # and it does not keep it after.
+    assert seen == [report, report]
+    assert "resilience" not in r.request.extensions
 
 
 def test_report_of_a_response_from_elsewhere_says_so() -> None:
@@ -117,5 +134,7 @@ def test_report_of_a_response_from_elsewhere_says_so() -> None:
         report_of(httpx.Response(200))
     with pytest.raises(LookupError):
         report_of(httpx.Response(200, extensions={"resilience": "forged"}))
+    with pytest.raises(LookupError, match="this request did not come through"):
+        report_of(httpx.Request("GET", "https://api.example.test/"))
     with pytest.raises(TypeError, match=r"httpx\.Response"):
         report_of(object())  # type: ignore[arg-type]

@@ -13,7 +13,8 @@ import pytest
 from resilience_derapi import DERAPI_CODES, DerapiClassifier, backend_verdict, type_uri
 from resilience_derapi._classifier import INTERNAL_ERRORS_EXTENSION, canonical_type
 
-from resilience import Action, FieldError, Split, SplittingClassifier, Verdict
+from resilience import Action, CallReport, FieldError, Split, SplittingClassifier, Verdict
+from resilience.errors import ConfigurationError
 
 BASE = "https://api.derapi.com"
 CLASSIFIER = DerapiClassifier()
@@ -186,36 +187,39 @@ def test_permanent_types_ignore_retry_after() -> None:
 
 @pytest.mark.parametrize("method", ["GET", "HEAD", "OPTIONS", "PUT", "DELETE"])
 def test_internal_error_retries_idempotent_requests_twice(method: str) -> None:
-    """One logical request (replayed as is, or copied with its stream as AuthRefresh
-    does): RETRY, RETRY, then FAIL, always a breaker failure."""
+    """One call (the request replayed as is, or copied as AuthRefresh does, all
+    carrying the call's report): RETRY, RETRY, then FAIL, always a breaker failure;
+    the next call starts from zero, even with the same request object."""
     original = httpx.Request(method, BASE + "/sites/site-x")
+    report = CallReport()
+    original.extensions["resilience"] = report
     copies = [
         original,
-        httpx.Request(method, original.url, stream=original.stream),
-        httpx.Request(method, original.url, stream=original.stream),
+        httpx.Request(method, original.url, extensions=dict(original.extensions)),
+        httpx.Request(method, original.url, extensions=dict(original.extensions)),
     ]
     response = problem("derapi-internal-error", 500)
-    actions = [CLASSIFIER.classify(request, response, None) for request in copies]
+    actions = []
+    for request in copies:
+        verdict = CLASSIFIER.classify(request, response, None)
+        report.verdicts.append(verdict)  # as the pipeline does after each attempt
+        actions.append(verdict)
     assert [v.action for v in actions] == [Action.RETRY, Action.RETRY, Action.FAIL]
     assert all(v.breaker_failure for v in actions)
-    fresh = CLASSIFIER.classify(httpx.Request(method, original.url), response, None)
-    assert fresh.action is Action.RETRY  # another call starts from zero
+    original.extensions["resilience"] = CallReport()  # the next call of the same request
+    assert CLASSIFIER.classify(original, response, None).action is Action.RETRY
 
 
-def test_internal_error_count_without_weak_references() -> None:
-    """A body stream that cannot be weakly referenced is counted in the extensions."""
-
-    class NoWeakRefs(dict[Any, int]):
-        def get(self, key: Any, default: Any = None) -> Any:
-            raise TypeError("cannot create weak reference")
-
+def test_internal_error_count_outside_a_pipeline() -> None:
+    """A request classified outside a pipeline (no call report) is counted in its
+    own extensions, and the classifier keeps nothing."""
     classifier = DerapiClassifier()
-    classifier._internal_errors = NoWeakRefs()  # type: ignore[assignment]
     request = httpx.Request("PUT", BASE + "/sites/site-x", content=b"{}")
     response = problem("derapi-internal-error", 500)
     actions = [classifier.classify(request, response, None).action for _ in range(3)]
     assert actions == [Action.RETRY, Action.RETRY, Action.FAIL]
     assert request.extensions[INTERNAL_ERRORS_EXTENSION] == 3
+    assert vars(classifier) == {"internal_error_retries": 2}
 
 
 @pytest.mark.parametrize("method", ["POST", "PATCH"])
@@ -241,7 +245,7 @@ def test_internal_error_cap_is_configurable() -> None:
         request, problem("derapi-internal-error", 500), None
     )
     assert verdict.action is Action.FAIL
-    with pytest.raises(ValueError, match="internal_error_retries"):
+    with pytest.raises(ConfigurationError, match="DerapiClassifier: internal_error_retries"):
         DerapiClassifier(internal_error_retries=-1)
 
 

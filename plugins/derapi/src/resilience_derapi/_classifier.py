@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
-import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -39,8 +38,10 @@ from resilience import (
     is_idempotent,
     parse_json_object,
     render_json,
+    report_of,
     retry_after_of,
 )
+from resilience.errors import ConfigurationError
 
 __all__ = [
     "BACKEND_ERROR_NAMES",
@@ -126,7 +127,8 @@ the string and followed by its end or a non-alphanumeric character
 the name is ever read. A string with no known name is RETRY (see
 :func:`backend_verdict`)."""
 
-#: Where internal errors are counted when a body stream cannot be weakly referenced.
+#: Where internal errors are counted for a request classified outside a pipeline
+#: (it carries no call report).
 INTERNAL_ERRORS_EXTENSION = "resilience.derapi.internal_errors"
 
 #: Backend keys the splitter may put in a ``vendor`` filter (the SDK's Vendor enum
@@ -304,15 +306,17 @@ class DerapiClassifier:
       (``Retry-After`` honoured): RETRY;
     * ``derapi-internal-error``: RETRY for idempotent requests (GET, HEAD,
       OPTIONS, PUT, DELETE, TRACE, or a non-empty ``Idempotency-Key``), at most
-      :attr:`internal_error_retries` times per request, then FAIL; FAIL at once
-      otherwise. A classifier cannot see the call, so it counts per logical
-      request, keyed (weakly) by the request's body stream: ``Retry`` replays the
-      same request object and ``AuthRefresh`` sends copies that carry the same
-      stream, while every new call (and every narrowed re-request) has its own.
-      A stream that cannot be weakly referenced is counted in the request's
-      extensions instead. The cap therefore holds however many attempts
-      ``Retry`` allows. It is a breaker failure either way: it is Derapi's
-      fault, not the caller's.
+      :attr:`internal_error_retries` times per call, then FAIL; FAIL at once
+      otherwise. The count is read from the call's report
+      (:func:`~resilience.report_of` of the request, which every replay, token
+      copy, hedge and narrowed re-request of the call carries), so the cap holds
+      however many attempts ``Retry`` allows, covers a split call's narrowed
+      re-requests too (it is Derapi failing, not one backend), starts again for
+      every call (even one sending the same request object again), and the
+      classifier keeps nothing: one instance serves any number of pipelines and
+      concurrent calls. A request classified outside a pipeline is counted in its
+      own extensions. It is a breaker failure either way: it is Derapi's fault,
+      not the caller's.
 
     A 401 that is not an ``unauthorized`` problem (no body, a gateway's
     ``{"message": "Unauthorized"}``, any body that is no Derapi problem) is about
@@ -337,10 +341,11 @@ class DerapiClassifier:
             or isinstance(internal_error_retries, bool)
             or internal_error_retries < 0
         ):
-            raise ValueError("internal_error_retries must be an integer >= 0")
+            raise ConfigurationError(
+                "DerapiClassifier: internal_error_retries must be an integer >= 0, "
+                f"got {internal_error_retries!r}"
+            )
         self.internal_error_retries = internal_error_retries
-        # Request body stream -> internal errors seen (see _count_internal_error).
-        self._internal_errors: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
 
     def __repr__(self) -> str:
         return f"DerapiClassifier(internal_error_retries={self.internal_error_retries})"
@@ -471,19 +476,22 @@ class DerapiClassifier:
         return Verdict(action, problem=problem, retry_after=hint, breaker_failure=True)
 
     def _count_internal_error(self, request: httpx.Request) -> int:
-        """How many internal errors this logical request has seen, this one included."""
-        stream = request.stream
+        """How many internal errors this call has seen, this one included."""
         try:
-            seen = self._internal_errors.get(stream, 0) + 1
-            self._internal_errors[stream] = seen
+            verdicts = report_of(request).verdicts
+        except LookupError:
+            # Outside a pipeline: the caller classifies the same request again.
+            counted = request.extensions.get(INTERNAL_ERRORS_EXTENSION)
+            seen = (counted if isinstance(counted, int) else 0) + 1
+            with contextlib.suppress(TypeError):  # a read-only extensions mapping
+                request.extensions[INTERNAL_ERRORS_EXTENSION] = seen
             return seen
-        except TypeError:  # a stream that cannot be weakly referenced
-            pass
-        counted = request.extensions.get(INTERNAL_ERRORS_EXTENSION)
-        seen = (counted if isinstance(counted, int) else 0) + 1
-        with contextlib.suppress(TypeError):  # a read-only extensions mapping
-            request.extensions[INTERNAL_ERRORS_EXTENSION] = seen
-        return seen
+        # The verdicts of the attempts before this one (its own is added after).
+        return 1 + sum(
+            1
+            for verdict in verdicts
+            if verdict.problem is not None and verdict.problem.code == DERAPI_INTERNAL_ERROR
+        )
 
     # -- the splitting protocol -------------------------------------------------------
 

@@ -1,4 +1,10 @@
-"""Edge cases of the pipeline, Retry and Timeout found in review.
+"""Retry and the pipeline around it: bodies, budget, hints, deadlines, replays.
+
+Every body stream the transport handed out is closed (also when cancelled while
+closing), ``raise_on_failure=False`` returns the last response, the budget is
+deposited once per call, ``Retry-After`` hints are clamped and parsed, a redirected
+POST with a key is replayed, a deadline during a backoff keeps the last problem, an
+empty idempotency key replays nothing, and a backoff returning NaN is harmless.
 
 Closing is checked on the stream objects the inner transport handed out (the
 pipeline and the client both replace ``response.stream``, so checking the
