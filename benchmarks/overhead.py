@@ -54,7 +54,6 @@ from resilience import (
     Pipeline,
     ResilientTransport,
     Retry,
-    RetryBudget,
     StaticToken,
     SystemClock,
     Timeout,
@@ -111,11 +110,11 @@ def flaky_handler() -> Handler:
 def resilience_transport(handler: Handler, *, retrying: bool, telemetry: bool) -> Any:
     """``ResilientTransport(Pipeline([Retry(...)]))`` over ``MockTransport(handler)``.
 
-    The retry path uses a budget with ``ratio=1`` (one retry earned per call), since
-    the default budget is designed to refuse a retry on every call.
+    The retry path runs with ``budget=None``: the default budget is designed to
+    refuse a retry on every call (it allows 20% of calls, 10 a second at least).
     """
-    budget = RetryBudget(ratio=1.0) if retrying else RetryBudget()
-    pipeline = Pipeline([Retry(backoff=ZERO, budget=budget)], telemetry=telemetry)
+    retry = Retry(backoff=ZERO, budget=None) if retrying else Retry(backoff=ZERO)
+    pipeline = Pipeline([retry], telemetry=telemetry)
     return ResilientTransport(pipeline, inner=httpx.MockTransport(handler))
 
 
@@ -233,9 +232,7 @@ async def count_checkpoints(calls: int) -> tuple[int, int, int, int]:
         return await real_sleep(delay, *args, **kwargs)
 
     clock = CountingClock()
-    pipeline = Pipeline(
-        [Retry(backoff=ZERO, budget=RetryBudget(ratio=1.0))], clock=clock, telemetry=False
-    )
+    pipeline = Pipeline([Retry(backoff=ZERO, budget=None)], clock=clock, telemetry=False)
     transport = ResilientTransport(pipeline, inner=httpx.MockTransport(flaky_handler()))
     request = httpx.Request("GET", URL)
     retries = 0
