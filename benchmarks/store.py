@@ -11,7 +11,12 @@ persistence). Figures:
 * one ``take_slot`` and one ``update_budget``, awaited one after the other: the
   store's own cost (on Redis: one round trip, one Lua script);
 * 4 processes taking slots of one 500/s limit for 2 s: slots given against
-  ``rate * window + burst``.
+  ``rate * window + burst``;
+* a call through ``AuthRefresh`` with its token cached, with and without a store
+  (the store is asked only when the token is due);
+* 8 processes sharing one token (``AuthRefresh(store=RedisStore(...))``) against
+  a loopback token endpoint, for 4.5 s, a token of 2 s refreshed at 1 s: token
+  requests made, against the 5 times a token is due (8 each time without a store).
 """
 
 from __future__ import annotations
@@ -26,7 +31,15 @@ from typing import Any
 
 import httpx
 
-from resilience import MemoryStore, Pipeline, RateLimiter, RedisStore, ResilientTransport
+from resilience import (
+    AuthRefresh,
+    MemoryStore,
+    OAuth2ClientCredentials,
+    Pipeline,
+    RateLimiter,
+    RedisStore,
+    ResilientTransport,
+)
 
 _path = Path(__file__).resolve().parents[1] / "tests" / "_redis.py"
 _spec = importlib.util.spec_from_file_location("_redis_helper", _path)
@@ -47,9 +60,15 @@ async def per_call(client: httpx.AsyncClient, n: int) -> float:
     return min(runs)
 
 
+def _answer(request: httpx.Request) -> httpx.Response:
+    if request.url.path == "/token":
+        return httpx.Response(200, json={"access_token": "t", "expires_in": 3600})
+    return httpx.Response(200)
+
+
 def client(layers: list[Any]) -> httpx.AsyncClient:
     pipeline = Pipeline(layers, telemetry=False)
-    inner = httpx.MockTransport(lambda request: httpx.Response(200))
+    inner = httpx.MockTransport(_answer)
     return httpx.AsyncClient(transport=ResilientTransport(pipeline, inner=inner))
 
 
@@ -80,6 +99,11 @@ async def costs(url: str, n: int) -> None:
         rows.append(("pipeline + RateLimiter (memory)", await per_call(memory, n)))
     async with client([RateLimiter(**limiter, store=redis_store)]) as shared:
         rows.append(("pipeline + RateLimiter (Redis)", await per_call(shared, n)))
+    provider = OAuth2ClientCredentials("https://api.test/token", "id", "secret")
+    async with client([AuthRefresh(provider)]) as auth:
+        rows.append(("pipeline + AuthRefresh (cached token)", await per_call(auth, n)))
+    async with client([AuthRefresh(provider, store=redis_store)]) as auth:
+        rows.append(("pipeline + AuthRefresh(store=Redis), cached", await per_call(auth, n)))
     slot, budget = await store_ops(MemoryStore(), n)
     rows += [("MemoryStore.take_slot", slot), ("MemoryStore.update_budget", budget)]
     slot, budget = await store_ops(redis_store, n)
@@ -87,7 +111,35 @@ async def costs(url: str, n: int) -> None:
     assert redis_store.fallback_calls == 0
     await redis_store.aclose()
     for name, micros in rows:
-        print(f"{name:36s} {micros:8.1f} µs/call")
+        print(f"{name:44s} {micros:8.1f} µs/call")
+
+
+def token_fleet(url: str) -> None:
+    """8 processes share one token for 4 s; print the token requests made."""
+    import anyio
+
+    from resilience.testing import serve
+
+    # 4.5 s: the token is due at 0, 1, 2, 3 and 4 s, none at the very end.
+    workers, seconds, life, skew = 8, 4.5, 2.0, 1.0
+    app = helper.TokenApp(expires_in=life)
+
+    async def run() -> list[tuple[int, int, int]]:
+        async with serve(app) as base:
+            return await anyio.to_thread.run_sync(
+                lambda: helper.run_token_workers(url, "tokens", base, workers, seconds, skew=skew)
+            )
+
+    results = anyio.run(run)
+    periods = int(seconds // (life - skew)) + 1
+    calls = sum(ok + failed for ok, failed, _ in results)
+    print(
+        f"{workers} processes sharing one token for {seconds:g} s (life {life:g} s, refreshed "
+        f"after {life - skew:g} s: due {periods} times): {app.issued} token requests "
+        f"(per process {[fetched for _, _, fetched in results]}), {calls} API calls, "
+        f"{sum(failed for _, failed, _ in results)} failed; "
+        f"without a store each process fetches its own: {workers * periods}"
+    )
 
 
 def main() -> None:
@@ -110,6 +162,7 @@ def main() -> None:
             f"{total} slots given (per process {counts}), limit {expected:.0f}, "
             f"{(total - expected) / expected:+.1%}"
         )
+        token_fleet(server.url)
     finally:
         server.stop()
 

@@ -55,6 +55,8 @@ DEMO_CLIENT_SECRET = "demo-secret-not-real"
 DEFAULT_CALLS = 30
 MAX_CALLS = 10_000
 MAX_CONCURRENCY = 64
+MAX_WORKERS = 32
+FLEET_SECONDS = 6
 DEFAULT_ERROR_RATE = 0.2
 DEFAULT_PORT = 8765
 HOST = "127.0.0.1"
@@ -1108,6 +1110,27 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
         help=f"with --serve: the first vendor's port, the next ones follow (default "
         f"{DEFAULT_PORT})",
     )
+    demo.add_argument(
+        "--workers",
+        type=_int_in(1, MAX_WORKERS),
+        metavar="N",
+        default=None,
+        help=f"run a fleet of N worker processes (1 to {MAX_WORKERS}) against one vendor's "
+        "simulator, sharing the rate limit and the token through --redis",
+    )
+    demo.add_argument(
+        "--redis",
+        metavar="URL",
+        default=None,
+        help="with --workers: the Redis the fleet shares (redis://host:port/db)",
+    )
+    demo.add_argument(
+        "--seconds",
+        type=_int_in(1, 600),
+        metavar="S",
+        default=None,
+        help="with --workers: how long the fleet runs (default 6)",
+    )
     sub.add_parser("plugins", help="list the installed vendor plugins")
     return parser, demo
 
@@ -1180,7 +1203,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                 parser.error(f"{option} applies to the demo run, not to --serve")
     elif args.port is not None:
         parser.error("--port applies to --serve only (the demo run picks free ports)")
-    plugins = _choose(parser, args.vendor)
+    if args.workers is None:
+        for option, value in (("--redis", args.redis), ("--seconds", args.seconds)):
+            if value is not None:
+                parser.error(f"{option} applies to a fleet run (--workers N) only")
+    elif args.serve or args.redis is None:
+        parser.error("--workers needs --redis URL (and not --serve)")
+    elif not args.redis.startswith(("redis://", "rediss://", "unix://")):
+        parser.error("--redis must be a redis://, rediss:// or unix:// URL")
+    plugins = _choose(parser, args.vendor or (["tellus"] if args.workers else None))
+    if args.workers is not None and len(plugins) != 1:
+        parser.error("a fleet run (--workers) takes one --vendor")
     try:
         import uvicorn  # noqa: F401
     except ImportError:
@@ -1189,6 +1222,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.workers is not None:
+        from ._demo_fleet import run_fleet
+
+        seconds = FLEET_SECONDS if args.seconds is None else args.seconds
+        return run_fleet(plugins[0], args.workers, args.redis, seconds, args.json)
     if args.serve:
         port = DEFAULT_PORT if args.port is None else args.port
         if port + len(plugins) - 1 > 65535:

@@ -1,4 +1,4 @@
-"""RedisStore: rate limits and retry budgets shared by every process of a fleet.
+"""RedisStore: rate limits, retry budgets and tokens shared by every process of a fleet.
 
 Layers hand their per-key updates to a :class:`~resilience.StateStore`; this one
 keeps them in Redis, so 8 workers calling one vendor spend one rate limit and one
@@ -8,6 +8,12 @@ both take the last slot), so a call costs one round trip. Times are the Redis
 server's (``TIME``), never the workers' clocks, which need not agree; what comes
 back is a duration. Every key carries a TTL, so idle keys vanish, and every key
 starts with the application's prefix.
+
+A shared token is a hash (``<prefix>:tok:<key>``: the access token and its
+margin, never a client secret) living until the token's refresh time, next to a
+lease (``<prefix>:lease:tok:<key>``, ``SET NX PX``) held by the one process that
+fetches the next token; a rejected token is deleted only while it is still the
+one stored (compare and delete).
 
 Redis failing never takes the application down: every Redis call is bounded by
 ``timeout``; when Redis errs or is slow, the store logs it once, counts it
@@ -24,10 +30,10 @@ default in-memory store works there as everywhere.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import re
+import sys
 from typing import Any
 
 import anyio
@@ -36,7 +42,7 @@ import sniffio
 
 from . import _validate as v
 from ._clock import SYSTEM_CLOCK, Clock
-from ._store import MemoryStore
+from ._store import MemoryStore, TokenClaim
 from .errors import ConfigurationError
 
 __all__ = ["RedisStore"]
@@ -111,6 +117,43 @@ redis.call('PEXPIRE', KEYS[1], ARGV[6])
 return {taken, string.format('%.6f', tokens)}
 """
 
+# The shared token: KEYS[1] its hash (v: the access token, m: its margin), KEYS[2]
+# the fetch lease. ARGV: owner, lease (ms). Answers {1, value, pttl, margin}, {2}
+# (the lease is the caller's) or {0} (another holds it).
+_CLAIM = """
+local cached = redis.call('HMGET', KEYS[1], 'v', 'm')
+if cached[1] then
+  return {1, cached[1], redis.call('PTTL', KEYS[1]), cached[2]}
+end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2} end
+if redis.call('GET', KEYS[2]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[2], ARGV[2])
+  return {2}
+end
+return {0}
+"""
+
+# KEYS as _CLAIM. ARGV: value, margin, ttl (ms), owner.
+_PUT = """
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'v', ARGV[1], 'm', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+if redis.call('GET', KEYS[2]) == ARGV[4] then redis.call('DEL', KEYS[2]) end
+return 1
+"""
+
+# KEYS[1]: the lease. ARGV: owner.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+# KEYS[1]: the token's hash. ARGV: the rejected value.
+_DROP = """
+if redis.call('HGET', KEYS[1], 'v') == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
 _PREFIX = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
 
 
@@ -144,12 +187,15 @@ def _where(url: str | None, client: Any) -> str:
 
 @attrs.define(eq=False)
 class RedisStore:
-    """Rate-limit slots and retry budgets kept in Redis, shared by many processes.
+    """Rate-limit slots, retry budgets and access tokens kept in Redis, shared by
+    many processes.
 
     ``RedisStore(url="redis://127.0.0.1:6379/0", prefix="billing")``, then
-    ``RateLimiter(..., store=store)``. Build it (or hand it ``client=``, a
-    ``redis.asyncio.Redis`` of your own) once per process; it makes its client in
-    the event loop that first uses it. Call :meth:`aclose` when done.
+    ``RateLimiter(..., store=store)`` and ``AuthRefresh(..., store=store)`` (or
+    ``standard_pipeline(vendor, store=store)``, which hands it to both). Build it
+    (or hand it ``client=``, a ``redis.asyncio.Redis`` of your own) once per
+    process; it makes its client in the event loop that first uses it. Call
+    :meth:`aclose` when done.
 
     Raises:
         ConfigurationError: a bad argument, ``redis`` is not installed, or the
@@ -213,7 +259,9 @@ class RedisStore:
     def _connect(self) -> Any:
         """The Redis client for the running event loop (made on first use in it)."""
         try:
-            loop = asyncio.get_running_loop()
+            # asyncio is loaded by now (building the store imported redis.asyncio), and
+            # ``import resilience`` does not load it.
+            loop = sys.modules["asyncio"].get_running_loop()
         except RuntimeError:
             _refuse_trio("used")
             raise
@@ -236,7 +284,10 @@ class RedisStore:
                 )
             self._redis = client
             self._loop = loop
-            self._scripts = (client.register_script(_GCRA), client.register_script(_BUDGET))
+            self._scripts = tuple(
+                client.register_script(script)
+                for script in (_GCRA, _BUDGET, _CLAIM, _PUT, _RELEASE, _DROP)
+            )
         return self._scripts
 
     def _use_local(self) -> bool:
@@ -274,7 +325,7 @@ class RedisStore:
     async def take_slot(
         self, key: str, now: float, interval: float, burst: int, max_wait: float
     ) -> tuple[bool, float]:
-        gcra, _ = self._connect()
+        gcra = self._connect()[0]
         local = self.local
         if self._use_local():
             self.fallback_calls += 1
@@ -311,7 +362,7 @@ class RedisStore:
         capacity: float,
         initial: float,
     ) -> tuple[bool, float]:
-        _, budget = self._connect()
+        budget = self._connect()[1]
         local = self.local
         if not self._use_local():
             try:
@@ -345,6 +396,58 @@ class RedisStore:
             capacity=capacity,
             initial=initial,
         )
+
+    async def _token_script(self, index: int, keys: list[str], args: list[Any]) -> Any:
+        """Run a token script; ``None`` when Redis is away (the caller goes local)."""
+        script = self._connect()[index]
+        if self._use_local():
+            self.fallback_calls += 1
+            return None
+        try:
+            with anyio.fail_after(self.timeout):
+                answer = await script(keys=keys, args=args)
+        except Exception as exc:
+            self._failed(exc)
+            self.fallback_calls += 1
+            return None
+        finally:
+            self._probing = False
+        self._answered()
+        self.redis_calls += 1
+        return answer
+
+    def _token_keys(self, key: str) -> list[str]:
+        return [f"{self.prefix}:tok:{key}", f"{self.prefix}:lease:tok:{key}"]
+
+    async def claim_token(self, key: str, now: float, *, lease: float, owner: str) -> TokenClaim:
+        answer = await self._token_script(
+            2, self._token_keys(key), [owner, max(1, math.ceil(lease * 1000))]
+        )
+        if answer is None:
+            return self.local.claim_token_now(key, now, lease=lease, owner=owner)
+        kind = int(answer[0])
+        if kind == 1:
+            value = answer[1].decode() if isinstance(answer[1], bytes) else str(answer[1])
+            return value, max(0, int(answer[2])) / 1000, float(answer[3])
+        return kind == 2
+
+    async def put_token(
+        self, key: str, now: float, *, value: str, ttl: float, margin: float, owner: str
+    ) -> None:
+        # Kept locally too: if Redis goes away, this process still has its token.
+        self.local.put_token_now(key, now, value=value, ttl=ttl, margin=margin, owner=owner)
+        await self._token_script(
+            3, self._token_keys(key), [value, repr(float(margin)), max(1, round(ttl * 1000)), owner]
+        )
+
+    async def release_token(self, key: str, owner: str) -> None:
+        self.local.release_token_now(key, owner)
+        await self._token_script(4, self._token_keys(key)[1:], [owner])
+
+    async def drop_token(self, key: str, value: str) -> bool:
+        dropped = self.local.drop_token_now(key, value)
+        answer = await self._token_script(5, self._token_keys(key)[:1], [value])
+        return dropped if answer is None else int(answer) == 1
 
     async def aclose(self) -> None:
         """Close the client this store made (a client handed in is the caller's)."""

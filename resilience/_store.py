@@ -17,7 +17,12 @@ Two kinds of state:
   admits a call now, reserves one a little later (the caller sleeps), or refuses
   and says when a slot frees;
 * a **token bucket** for a retry budget: :meth:`StateStore.update_budget` adds
-  what calls earned, refills with time and withdraws one retry, in one step.
+  what calls earned, refills with time and withdraws one retry, in one step;
+* a **shared access token** and the lease of whoever fetches the next one
+  (:meth:`StateStore.claim_token`, :meth:`~StateStore.put_token`,
+  :meth:`~StateStore.release_token`, :meth:`~StateStore.drop_token`), so that a
+  fleet makes one token request per expiry (``AuthRefresh(store=...)``). Only the
+  access token is kept, never a client secret.
 """
 
 from __future__ import annotations
@@ -28,7 +33,14 @@ import attrs
 
 from . import _validate as v
 
-__all__ = ["MemoryStore", "StateStore", "gcra"]
+__all__ = ["MemoryStore", "StateStore", "TokenClaim", "gcra"]
+
+#: What :meth:`StateStore.claim_token` answers: the cached token as ``(value,
+#: seconds its key still lives, margin)`` (the margin is how much longer the token
+#: itself is valid after the key expires; ``-1`` for a token that never expires),
+#: ``True`` when the caller now holds the lease to fetch it, ``False`` when
+#: another holder does.
+TokenClaim = tuple[str, float, float] | bool
 
 
 @runtime_checkable
@@ -78,6 +90,30 @@ class StateStore(Protocol):
         """
         ...
 
+    async def claim_token(self, key: str, now: float, *, lease: float, owner: str) -> TokenClaim:
+        """The cached access token under ``key``; else, in the same step, the lease
+        to fetch it (for ``lease`` seconds, tagged ``owner``) if nobody else holds it.
+
+        See :data:`TokenClaim` for the answer; a holder that claims again renews
+        its lease.
+        """
+        ...
+
+    async def put_token(
+        self, key: str, now: float, *, value: str, ttl: float, margin: float, owner: str
+    ) -> None:
+        """Cache ``value`` under ``key`` for ``ttl`` seconds and release ``owner``'s lease."""
+        ...
+
+    async def release_token(self, key: str, owner: str) -> None:
+        """Release ``owner``'s lease on ``key`` (after a failed fetch); another's stays."""
+        ...
+
+    async def drop_token(self, key: str, value: str) -> bool:
+        """Delete ``key``'s token only while it is still ``value`` (compare and delete):
+        a token the server rejected goes, a replacement someone already stored stays."""
+        ...
+
 
 #: Seconds of float rounding forgiven: a caller that slept exactly the
 #: ``retry_after`` it was given may come back a few ulps early.
@@ -111,6 +147,13 @@ class _Bucket:
     expires: float
 
 
+@attrs.define(eq=False, slots=True)
+class _CachedToken:
+    value: str
+    margin: float
+    expires: float
+
+
 @attrs.define(eq=False)
 class MemoryStore:
     """State in this process: the default store, and Redis's fallback.
@@ -128,6 +171,9 @@ class MemoryStore:
     _tats: dict[str, float] = attrs.field(factory=dict, init=False, repr=False)
     _buckets: dict[str, _Bucket] = attrs.field(factory=dict, init=False, repr=False)
     _sweep_at: int = attrs.field(default=1024, init=False, repr=False)
+    # Tokens and leases are one per vendor and client id: few, never swept.
+    _tokens: dict[str, _CachedToken] = attrs.field(factory=dict, init=False, repr=False)
+    _leases: dict[str, tuple[str, float]] = attrs.field(factory=dict, init=False, repr=False)
 
     def __len__(self) -> int:
         """Keys held now (slots and buckets)."""
@@ -212,6 +258,54 @@ class MemoryStore:
             capacity=capacity,
             initial=initial,
         )
+
+    def claim_token_now(self, key: str, now: float, *, lease: float, owner: str) -> TokenClaim:
+        """:meth:`claim_token`, synchronously."""
+        cached = self._tokens.get(key)
+        if cached is not None:
+            if cached.expires > now:
+                return cached.value, cached.expires - now, cached.margin
+            del self._tokens[key]
+        held = self._leases.get(key)
+        if held is not None and held[0] != owner and held[1] > now:
+            return False
+        self._leases[key] = (owner, now + lease)
+        return True
+
+    async def claim_token(self, key: str, now: float, *, lease: float, owner: str) -> TokenClaim:
+        return self.claim_token_now(key, now, lease=lease, owner=owner)
+
+    def put_token_now(
+        self, key: str, now: float, *, value: str, ttl: float, margin: float, owner: str
+    ) -> None:
+        """:meth:`put_token`, synchronously."""
+        self._tokens[key] = _CachedToken(value, margin, now + ttl)
+        self.release_token_now(key, owner)
+
+    async def put_token(
+        self, key: str, now: float, *, value: str, ttl: float, margin: float, owner: str
+    ) -> None:
+        self.put_token_now(key, now, value=value, ttl=ttl, margin=margin, owner=owner)
+
+    def release_token_now(self, key: str, owner: str) -> None:
+        """:meth:`release_token`, synchronously."""
+        held = self._leases.get(key)
+        if held is not None and held[0] == owner:
+            del self._leases[key]
+
+    async def release_token(self, key: str, owner: str) -> None:
+        self.release_token_now(key, owner)
+
+    def drop_token_now(self, key: str, value: str) -> bool:
+        """:meth:`drop_token`, synchronously."""
+        cached = self._tokens.get(key)
+        if cached is None or cached.value != value:
+            return False
+        del self._tokens[key]
+        return True
+
+    async def drop_token(self, key: str, value: str) -> bool:
+        return self.drop_token_now(key, value)
 
     def _sweep(self, now: float) -> None:
         tats = self._tats

@@ -43,8 +43,8 @@ import functools
 import logging
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
+from collections.abc import Awaitable, Callable, Iterator
+from typing import TYPE_CHECKING, Generic, TypeVar, cast
 from urllib.parse import unquote_plus
 
 import httpx
@@ -63,12 +63,19 @@ from ._events import (
     FallbackUsed,
     HedgeSent,
     PartialFailureReported,
+    RateLimited,
     RetryScheduled,
 )
 from ._http import DEFAULT_PORTS
 from ._report import GaveUp
 from ._secret import WITHHELD, _needles, mentions
-from ._telemetry_names import DEFAULT_KNOWN_METHODS, known_methods_from_env
+from ._telemetry_names import (
+    DEFAULT_KNOWN_METHODS,
+    HTTP_RESEND_COUNT,
+    RESEND_COUNT_EXTENSION,
+    known_methods_from_env,
+    request_hook,
+)
 from ._verdict import Action
 
 if TYPE_CHECKING:
@@ -89,9 +96,6 @@ __all__ = [
 
 logger = logging.getLogger("resilience")
 
-RESEND_COUNT_EXTENSION = "resilience.resend_count"
-"""The ``request.extensions`` key holding the attempt's resend count (0 first)."""
-
 _RESEND_ORIGIN_EXTENSION = "resilience.resend_origin"
 """``id()`` of the caller's request whose call wrote the resend count: a request
 carrying a count written for another request is a redirect (httpx copies the
@@ -107,7 +111,6 @@ REDACTED = "REDACTED"
 HTTP_METHOD = "http.request.method"
 HTTP_METHOD_ORIGINAL = "http.request.method_original"
 HTTP_STATUS = "http.response.status_code"
-HTTP_RESEND_COUNT = "http.request.resend_count"
 SERVER_ADDRESS = "server.address"
 SERVER_PORT = "server.port"
 URL_FULL = "url.full"
@@ -150,6 +153,12 @@ LIMIT_KEY = "resilience.concurrency_limit.key"
 LIMIT_LIMIT = "resilience.concurrency_limit.limit"
 LIMIT_REASON = "resilience.concurrency_limit.reason"
 FALLBACK_EVENT = "resilience.fallback"
+RATE_LIMIT_EVENT = "resilience.rate_limit"
+RATE_LIMIT_LIMITER = "resilience.rate_limit.limiter"
+RATE_LIMIT_KEY = "resilience.rate_limit.key"
+RATE_LIMIT_OUTCOME = "resilience.rate_limit.outcome"
+RATE_LIMIT_WAIT = "resilience.rate_limit.wait"
+RATE_LIMIT_REASON = "resilience.rate_limit.reason"
 FALLBACK = "resilience.fallback"
 """On the call span: the class name of the error a ``Fallback`` answer replaced."""
 
@@ -277,6 +286,7 @@ class _Meters:
         "fallbacks",
         "hedges",
         "limit_rejections",
+        "rate_limited",
         "refreshes",
         "rejections",
         "retries",
@@ -330,6 +340,11 @@ class _Meters:
             "resilience.concurrency_limit.rejections",
             unit="{call}",
             description="Calls that failed fast because a concurrency limit had no slot.",
+        )
+        self.rate_limited: Counter = meter.create_counter(
+            "resilience.rate_limit.calls",
+            unit="{call}",
+            description="Calls a RateLimiter held back (delayed) or refused (rejected).",
         )
         self.attempt_duration: Histogram = meter.create_histogram(
             "http.client.request.duration",
@@ -875,6 +890,8 @@ class Instrumentation:
             self._on_fallback(event, call)
         elif isinstance(event, ConcurrencyLimitReached):
             self._on_limit(event, call)
+        elif isinstance(event, RateLimited):
+            self._on_rate_limited(event, call)
         # TokenRefreshed: token_refresh() already made the span and the count, and
         # AuthRefresh logs each new token itself.
 
@@ -1030,6 +1047,31 @@ class Instrumentation:
                 1, {LIMIT_KEY: event.key, LIMIT_REASON: event.reason, **self._identity}
             )
 
+    def _on_rate_limited(self, event: RateLimited, call: Call | None) -> None:
+        # A span event on the call (the wait, or the refusal and why), and a count
+        # by limiter and outcome: the key (a client id) stays off the metric.
+        span = _event_span(call)
+        if span is not None:
+            attributes: dict[str, AttributeValue] = {
+                RATE_LIMIT_LIMITER: event.limiter,
+                RATE_LIMIT_KEY: event.key,
+                RATE_LIMIT_OUTCOME: event.outcome,
+                RATE_LIMIT_WAIT: event.wait,
+            }
+            if event.reason is not None:
+                attributes[RATE_LIMIT_REASON] = event.reason
+            span.add_event(RATE_LIMIT_EVENT, attributes)
+        meters = self._meters.get()
+        if meters is not None:
+            labels: dict[str, AttributeValue] = {
+                RATE_LIMIT_LIMITER: event.limiter,
+                RATE_LIMIT_OUTCOME: event.outcome,
+                **self._identity,
+            }
+            if event.reason is not None:
+                labels[RATE_LIMIT_REASON] = event.reason
+            meters.rate_limited.add(1, labels)
+
     # -- credentials --
 
     def withhold(self, call: Call, secret: str) -> None:
@@ -1157,27 +1199,3 @@ def _outcome_of_error(error: BaseException, call: Call) -> str:
     if _is_timeout(error, call.report.gave_up):
         return "timeout"
     return "failure"
-
-
-async def request_hook(span: trace.Span, request: Any) -> None:
-    """Copy the resend count onto ``opentelemetry-instrumentation-httpx``'s span.
-
-    Pass it as the async request hook, so the CLIENT span that instrumentation
-    creates inside the inner transport carries ``http.request.resend_count`` like
-    ``resilience``'s own attempt span::
-
-        HTTPXClientInstrumentor().instrument(async_request_hook=resilience.request_hook)
-
-    To run a hook of your own as well, call this one from it.
-
-    Args:
-        span: the instrumentation's span for one request.
-        request: its ``RequestInfo`` (or an :class:`httpx.Request`): anything with
-            an ``extensions`` mapping.
-    """
-    extensions = getattr(request, "extensions", None)
-    if not isinstance(extensions, Mapping):
-        return
-    count = extensions.get(RESEND_COUNT_EXTENSION)
-    if isinstance(count, int) and count > 0 and span.is_recording():
-        span.set_attribute(HTTP_RESEND_COUNT, count)

@@ -10,6 +10,12 @@ START SECONDS RATE`` waits until the wall-clock time ``START``, then sends (as
 :data:`CALLERS` concurrent callers that reserve a slot of one shared limit, ``RATE``
 a second with burst :data:`BURST`, and sleep until it) for ``SECONDS``, and prints
 how many it sent and the wall-clock times of its first and last.
+
+``python tests/_redis.py token URL PREFIX BASE - SECONDS SKEW`` is one worker of a
+fleet sharing a token: it prints ``ready``, reads the wall-clock start from its
+stdin, then :data:`CALLERS` callers call ``BASE/v1/x`` through
+``AuthRefresh(store=RedisStore(...))`` against :class:`TokenApp`, and it prints
+the calls that succeeded, those that failed, and the tokens it fetched itself.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Any
 
 INSTALL_HINT = (
     "redis-server is not installed: apt-get install -y redis-server (Debian/Ubuntu), "
@@ -35,6 +42,13 @@ INSTALL_HINT = (
 BURST = 10
 #: Concurrent callers per worker process, each with a reservation outstanding.
 CALLERS = 4
+
+
+#: The fleet's client credentials (the tests check the secret never reaches Redis).
+CLIENT_ID = "fleet-client"
+SECRET = "fleet-secret-value-42"
+#: Seconds between starting the workers and their common start instant.
+START_MARGIN = 2.0
 
 
 def find_server() -> str | None:
@@ -130,7 +144,7 @@ def run_workers(
 ) -> tuple[list[int], float]:
     """Start ``workers`` processes sharing one limit: the slots each was given, and
     the seconds from the first slot given to the last (whoever got them)."""
-    start = time.time() + 2.0  # room for every interpreter to start and connect
+    start = time.time() + START_MARGIN  # room for every interpreter to start and connect
     processes = [
         subprocess.Popen(
             [sys.executable, __file__, url, prefix, repr(start), repr(seconds), repr(rate)],
@@ -147,6 +161,153 @@ def run_workers(
         firsts.append(float(first))
         lasts.append(float(last))
     return counts, max(lasts) - min(firsts)
+
+
+class TokenApp:
+    """A loopback token endpoint and API (ASGI) that counts the tokens it issues.
+
+    ``POST /oauth2/token`` (Basic auth with :data:`CLIENT_ID` and :data:`SECRET`)
+    takes 0.1 s, then issues ``tok-N`` living :attr:`expires_in` seconds.
+    ``GET /v1/x`` answers 200 to a token it issued and 401 otherwise; with
+    :attr:`revoke_after`, every token issued before that many seconds after the
+    first one is revoked from then on.
+    """
+
+    def __init__(self, expires_in: float) -> None:
+        self.expires_in = expires_in
+        self.revoke_after: float | None = None
+        self.issued = 0
+        self.rejected = 0
+        self.first: float | None = None
+        self.tokens: dict[str, float] = {}
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        import asyncio
+        import base64
+        import json
+
+        if scope["type"] != "http":
+            return
+        headers = dict(scope["headers"])
+        auth = headers.get(b"authorization", b"").decode()
+        now = time.monotonic()
+        if scope["path"] == "/oauth2/token":
+            expected = base64.b64encode(f"{CLIENT_ID}:{SECRET}".encode()).decode()
+            if auth != f"Basic {expected}":
+                status, body = 401, {"error": "invalid_client"}
+            else:
+                await asyncio.sleep(0.1)  # a token endpoint is slow: misses overlap
+                self.issued += 1
+                value = f"tok-{self.issued}"
+                self.tokens[value] = time.monotonic()
+                if self.first is None:
+                    self.first = self.tokens[value]
+                status = 200
+                body = {
+                    "access_token": value,
+                    "token_type": "Bearer",
+                    "expires_in": self.expires_in,
+                }
+        else:
+            issued = self.tokens.get(auth.removeprefix("Bearer "))
+            cut = (
+                None
+                if self.revoke_after is None or self.first is None
+                else self.first + self.revoke_after
+            )
+            revoked = issued is not None and cut is not None and now >= cut > issued
+            status = 200 if issued is not None and not revoked else 401
+            if status == 401:
+                self.rejected += 1
+            body = {"ok": status == 200}
+        data = json.dumps(body).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(b"content-type", b"application/json")],
+            }
+        )
+        await send({"type": "http.response.body", "body": data})
+
+
+def run_token_workers(
+    url: str, prefix: str, base: str, workers: int, seconds: float, *, skew: float
+) -> list[tuple[int, int, int]]:
+    """Start ``workers`` processes sharing one token: each one's (calls that
+    succeeded, calls that failed, tokens it fetched)."""
+    processes = [
+        subprocess.Popen(
+            [sys.executable, __file__, "token", url, prefix, base, "-", repr(seconds), repr(skew)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        for _ in range(workers)
+    ]
+    # 8 interpreters starting at once on a busy machine take seconds: each says
+    # when it is ready, and only then do all get the same start instant.
+    for process in processes:
+        assert process.stdout is not None
+        assert process.stdout.readline().strip() == b"ready"
+    start = time.time() + 0.2
+    for process in processes:
+        assert process.stdin is not None
+        process.stdin.write(f"{start!r}\n".encode())
+        process.stdin.flush()  # communicate() closes it
+    results = []
+    for process in processes:
+        out, _ = process.communicate(timeout=60)
+        assert process.returncode == 0
+        ok, failed, fetched = out.split()[-3:]
+        results.append((int(ok), int(failed), int(fetched)))
+    return results
+
+
+def _token_worker(url: str, prefix: str, base: str, seconds: float, skew: float) -> None:
+    import asyncio
+
+    import httpx
+
+    from resilience import (
+        AuthRefresh,
+        OAuth2ClientCredentials,
+        Pipeline,
+        RedisStore,
+        ResilientTransport,
+        TokenRefreshed,
+    )
+
+    async def main() -> tuple[int, int, int]:
+        store = RedisStore(url=url, prefix=prefix, timeout=1.0)
+        await store.take_slot("warmup", 0.0, 1e-6, 1000, 0.0)  # connect before the start
+        fetched = []
+        provider = OAuth2ClientCredentials(f"{base}/oauth2/token", CLIENT_ID, SECRET)
+        pipeline = Pipeline(
+            [AuthRefresh(provider, store=store, skew=skew)],
+            telemetry=False,
+            hooks=[lambda e: fetched.append(e) if isinstance(e, TokenRefreshed) else None],
+            raise_on_failure=False,
+        )
+        transport = ResilientTransport(pipeline, inner=httpx.AsyncHTTPTransport())
+        results = {"ok": 0, "failed": 0}
+        print("ready", flush=True)
+        start = float(sys.stdin.readline())
+        async with httpx.AsyncClient(base_url=base, transport=transport) as client:
+            await asyncio.sleep(max(0.0, start - time.time()))
+            end = start + seconds
+
+            async def caller() -> None:
+                while time.time() < end:
+                    response = await client.get("/v1/x")
+                    results["ok" if response.status_code == 200 else "failed"] += 1
+                    await asyncio.sleep(0.1)
+
+            await asyncio.gather(*(caller() for _ in range(CALLERS)))
+        await store.aclose()
+        assert store.fallback_calls == 0
+        return results["ok"], results["failed"], len(fetched)
+
+    print(*asyncio.run(main()))
 
 
 def _worker(url: str, prefix: str, start: float, seconds: float, rate: float) -> None:
@@ -180,5 +341,7 @@ def _worker(url: str, prefix: str, start: float, seconds: float, rate: float) ->
     print(*asyncio.run(main()))
 
 
-if __name__ == "__main__":
+if __name__ == "__main__" and sys.argv[1] == "token":
+    _token_worker(sys.argv[2], sys.argv[3], sys.argv[4], float(sys.argv[6]), float(sys.argv[7]))
+elif __name__ == "__main__":
     _worker(sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5]))

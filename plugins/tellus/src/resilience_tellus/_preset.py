@@ -13,6 +13,10 @@
   server is back; a long one gets a probe every 30 s); calls that meet it open
   are held until a probe succeeds, then released in a ramp;
 * 15 s per attempt, 120 s per call (room for one full rate-limit window).
+* no client-side rate limit unless asked: the vendor's documented limits are
+  ``standard_pipeline("tellus", rate_limits=rate_limits("my-client-id"))`` (just inside
+  the total timeout; add ``store=RedisStore(...)`` to share them, and the token,
+  across a fleet).
 """
 
 from __future__ import annotations

@@ -13,6 +13,10 @@
   for 1 s at first, then a tenth of the outage's age up to 30 s; calls that meet
   it open are held until a probe succeeds, then released in a ramp;
 * 10 s per attempt, 120 s per call (room for one full rate-limit window).
+* no client-side rate limit unless asked: the vendor's documented limits are
+  ``standard_pipeline("turris", rate_limits=rate_limits("my-client-id"))`` (just inside
+  the total timeout; add ``store=RedisStore(...)`` to share them, and the token,
+  across a fleet).
 """
 
 from __future__ import annotations

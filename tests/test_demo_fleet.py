@@ -1,0 +1,123 @@
+"""``resilience demo --workers N --redis URL``: a fleet of processes sharing one Redis.
+
+The run goes through the real command against the Tellus simulator on loopback
+and a ``redis-server`` the test starts (skipped, failed under CI=true, when it is
+missing, as the other Redis tests). The workers are other processes, so the run
+takes real time: 2 workers for 3 s.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from resilience._demo import main
+from resilience._demo_fleet import _report, expected_fetches
+
+_spec = importlib.util.spec_from_file_location(
+    "_redis_helper", Path(__file__).with_name("_redis.py")
+)
+assert _spec is not None
+assert _spec.loader is not None
+helper: Any = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(helper)
+
+
+def _run(argv: list[str]) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(argv)
+        except SystemExit as exit:
+            code = int(exit.code or 0)
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    """A redis-server on loopback for this module; skipped (failed under CI) when missing."""
+    binary = helper.find_server()
+    if binary is None:
+        must, message = helper.missing_server_message()
+        if must:
+            pytest.fail(message)
+        pytest.skip(message)
+    server = helper.RedisServer(binary)
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def fleet(redis_url: str) -> dict[str, Any]:
+    """One JSON fleet run: 2 workers, 3 s, Tellus (shared by the tests below)."""
+    code, out, err = _run(
+        ["demo", "--workers", "2", "--redis", redis_url, "--seconds", "3", "--json"]
+    )
+    assert code == 0, err
+    return dict(json.loads(out))
+
+
+def test_the_fleet_holds_the_rate_limit(fleet: dict[str, Any]) -> None:
+    """Both workers sent calls, the fleet stayed within the limiter's bound, and the
+    simulator (which enforces Tellus's 60 queries a minute) answered none over it."""
+    assert fleet["vendor"] == "tellus"
+    assert all(w["ok"] > 0 and w["failed"] == 0 for w in fleet["per_worker"])
+    assert fleet["limiter"]["name"] == "tellus-queries"
+    assert fleet["sent"] <= fleet["limiter"]["bound"]
+    assert fleet["sent"] >= fleet["limiter"]["burst"]
+    assert fleet["over_limit_answers"] == 0
+    assert fleet["redis_fallback_calls"] == 0
+
+
+def test_the_fleet_fetches_one_token_per_expiry(fleet: dict[str, Any]) -> None:
+    """A 4 s token refreshed at 2 s, 3 s of run: 2 token requests for the fleet, not 4."""
+    assert fleet["token_requests"] == expected_fetches(3) == 2
+    assert sum(w["fetched"] for w in fleet["per_worker"]) == 2
+
+
+def test_the_text_report_says_what_is_shared(fleet: dict[str, Any]) -> None:
+    """The text names the limit held, the token count, and that breakers are per process."""
+    text = "\n".join(_report(fleet))
+    assert "tellus-queries" in text
+    assert "answered 0 of them over its limit" in text
+    assert "2 token request(s) from the whole fleet" in text
+    assert "Circuit breakers are per process" in text
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["demo", "--workers", "2"], "--workers needs --redis"),
+        (["demo", "--redis", "redis://127.0.0.1:1/0"], "--redis applies to a fleet run"),
+        (["demo", "--workers", "2", "--redis", "http://x"], "--redis must be a redis://"),
+        (
+            ["demo", "--workers", "2", "--redis", "redis://127.0.0.1:1/0", "--serve"],
+            "--workers needs --redis",
+        ),
+    ],
+)
+def test_fleet_options_are_checked(argv: list[str], message: str) -> None:
+    """Fleet options without a fleet, or a fleet without Redis, are usage errors."""
+    code, _, err = _run(argv)
+    assert code == 2
+    assert message in err
+
+
+def test_an_unreachable_redis_is_said_plainly() -> None:
+    """Nothing listening: exit 2 and a line naming host and port, no traceback."""
+    port = helper.free_port()
+    code, out, err = _run(["demo", "--workers", "2", "--redis", f"redis://:pw@127.0.0.1:{port}/0"])
+    assert code == 2
+    assert f"Redis at 127.0.0.1:{port} does not answer" in err
+    assert "pw" not in err
+    assert out == ""
