@@ -17,7 +17,9 @@ async def test_rate_limit_hint_is_honoured() -> None:
     clock = VirtualClock()
     plan = FaultPlan(errors=[Fault(code="rate_limited", end=0.5)])
     sim = resilience_acme.simulator(plan=plan, clock=clock)
-    auth = resilience_acme.AcmeToken(client_id="sim-client", client_secret="sim-secret")
+    auth = resilience_acme.AcmeToken(
+        client_id="sim-client", client_secret="sim-secret", base_url="http://acme.test"
+    )
     pipeline = resilience_acme.preset(auth=auth, clock=clock)
     transport = ResilientTransport(pipeline, inner=httpx.ASGITransport(app=sim))
     async with httpx.AsyncClient(transport=transport, base_url="http://acme.test") as client:

@@ -10,7 +10,8 @@ import uuid
 
 import httpx
 import pytest
-from resilience_tellus import TellusToken, simulator
+from resilience_tellus import TellusToken
+from resilience_tellus.testing import simulator
 
 import resilience
 from resilience.errors import (
@@ -62,7 +63,7 @@ async def test_burst_through_the_preset() -> None:
     outcomes: dict[str, str] = {}
     messages: list[str] = []
     async with serve(sim) as base_url:
-        auth = TellusToken(client_id=ID, client_secret=SECRET, clock=clock)
+        auth = TellusToken(client_id=ID, client_secret=SECRET, base_url=base_url, clock=clock)
         # Seeded jitter: the same waits, hence the same story, on every run.
         backoff = resilience.ExponentialBackoff(
             max_delay=30.0, jitter="proportional", jitter_ratio=0.3, rng=random.Random(11)
@@ -147,7 +148,7 @@ async def test_report_of_a_rate_limited_call() -> None:
     clock = VirtualClock()
     sim = simulator(clock=clock, client_id=ID, client_secret=SECRET)
     async with serve(sim) as base_url:
-        auth = TellusToken(client_id=ID, client_secret=SECRET)
+        auth = TellusToken(client_id=ID, client_secret=SECRET, base_url=base_url)
         pipeline = resilience.standard_pipeline("tellus", auth=auth, clock=clock)
         transport = resilience.ResilientTransport(pipeline)
         async with httpx.AsyncClient(base_url=base_url, transport=transport) as client:
@@ -167,7 +168,9 @@ async def test_errors_are_typed_and_carry_the_problem() -> None:
     sim = simulator(clock=clock, client_id=ID, client_secret=SECRET)
     transport = resilience.ResilientTransport(
         resilience.standard_pipeline(
-            "tellus", auth=TellusToken(client_id=ID, client_secret=SECRET), clock=clock
+            "tellus",
+            auth=TellusToken(client_id=ID, client_secret=SECRET, base_url="http://tellus.test"),
+            clock=clock,
         ),
         inner=httpx.ASGITransport(app=sim),
     )
@@ -181,4 +184,5 @@ async def test_errors_are_typed_and_carry_the_problem() -> None:
     assert error.response.status_code == 404
     assert error.problem is not None
     assert (error.problem.vendor, error.problem.code) == ("tellus", "3001")
-    assert str(error).startswith("PermanentError: tellus HTTP 404 code=3001")
+    assert ": tellus HTTP 404 code=3001" in str(error)
+    assert str(error).startswith("GET http")

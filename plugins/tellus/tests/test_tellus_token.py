@@ -105,7 +105,7 @@ async def test_error_without_a_token_does_not_hold_the_request() -> None:
     provider = TellusToken(client_id=ID, client_secret=SECRET, token_url="https://t.test/tok")
     answer = httpx.MockTransport(lambda request: httpx.Response(200, json={"token_type": "x"}))
     async with httpx.AsyncClient(transport=answer) as http:
-        with pytest.raises(TokenFetchError, match="no access_token") as caught:
+        with pytest.raises(TokenFetchError, match="no 'access_token'") as caught:
             await provider.fetch(http)
     with pytest.raises(RuntimeError):
         caught.value.request  # noqa: B018
@@ -146,7 +146,7 @@ async def test_answer_shapes() -> None:
         with pytest.raises(TokenFetchError) as caught:
             await provider.fetch(http)
         assert caught.value.transient is True
-        with pytest.raises(TokenFetchError, match="no access_token"):
+        with pytest.raises(TokenFetchError, match="no 'access_token'"):
             await provider.fetch(http)
         last = await provider.fetch(http)
         assert last.expires_in == 86_400

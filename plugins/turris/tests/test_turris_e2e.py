@@ -10,7 +10,8 @@ import uuid
 
 import httpx
 import pytest
-from resilience_turris import TurrisToken, simulator
+from resilience_turris import TurrisToken
+from resilience_turris.testing import simulator
 
 import resilience
 from resilience.errors import (
@@ -56,7 +57,7 @@ async def test_burst_through_the_preset() -> None:
     keyed: set[str] = set()
     gave_up: dict[str, str | None] = {}
     async with serve(sim) as base_url:
-        auth = TurrisToken(client_id=ID, client_secret=SECRET)
+        auth = TurrisToken(client_id=ID, client_secret=SECRET, base_url=base_url)
         # Seeded jitter: the same waits, hence the same story, on every run.
         backoff = resilience.ExponentialBackoff(max_delay=30.0, rng=random.Random(11))
         pipeline = resilience.standard_pipeline("turris", auth=auth, clock=clock, backoff=backoff)
@@ -149,7 +150,7 @@ async def test_unkeyed_write_gives_up_at_once() -> None:
     clock = VirtualClock()
     plan = FaultPlan(errors=[Fault(code="internal_error", methods={"POST"})])
     sim = simulator(plan=plan, clock=clock, client_id=ID, client_secret=SECRET)
-    auth = TurrisToken(client_id=ID, client_secret=SECRET)
+    auth = TurrisToken(client_id=ID, client_secret=SECRET, base_url="http://turris.test")
     transport = resilience.ResilientTransport(
         resilience.standard_pipeline("turris", auth=auth, clock=clock),
         inner=httpx.ASGITransport(app=sim),
@@ -176,7 +177,7 @@ async def test_expired_token_refreshes_once() -> None:
     """unauthorized on an expired token: one refresh, one replay, success."""
     clock = VirtualClock()
     sim = simulator(clock=clock, client_id=ID, client_secret=SECRET)
-    auth = TurrisToken(client_id=ID, client_secret=SECRET)
+    auth = TurrisToken(client_id=ID, client_secret=SECRET, base_url="http://turris.test")
     transport = resilience.ResilientTransport(
         resilience.standard_pipeline("turris", auth=auth, clock=clock),
         inner=httpx.ASGITransport(app=sim),
