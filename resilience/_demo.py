@@ -37,6 +37,7 @@ import attrs
 import httpx
 
 from ._classifier import safe_classify
+from ._demo_credentials import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET
 from ._events import CircuitStateChanged, TokenRefreshed
 from ._loader import available_classifiers, load_plugin
 from ._presets import standard_pipeline
@@ -46,11 +47,6 @@ from ._verdict import Action, Verdict
 from .errors import CircuitOpenError, ResilienceError
 
 __all__ = ["DEMO_CLIENT_ID", "DEMO_CLIENT_SECRET", "main"]
-
-DEMO_CLIENT_ID = "demo-client"
-"""The client id every demo simulator accepts."""
-DEMO_CLIENT_SECRET = "demo-secret-not-real"
-"""Its secret: a public demo value, printed by ``--serve`` on purpose."""
 
 DEFAULT_CALLS = 30
 MAX_CALLS = 10_000

@@ -92,7 +92,7 @@ def run_fleet(plugin: Any, workers: int, redis_url: str, seconds: float, as_json
 async def _fleet(
     plugin: Any, workers: int, redis_url: str, seconds: float
 ) -> dict[str, Any] | None:
-    from ._demo import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET
+    from ._demo_credentials import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET
     from .testing import FaultPlan, serve
 
     app = plugin.simulator(
@@ -243,7 +243,7 @@ def _report(result: dict[str, Any]) -> list[str]:
 def _worker(vendor: str, base_url: str, redis_url: str, prefix: str, seconds: float) -> None:
     import httpx
 
-    from ._demo import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET
+    from ._demo_credentials import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET
     from ._events import TokenRefreshed
     from ._loader import load_plugin
     from ._presets import standard_pipeline
