@@ -10,7 +10,6 @@ imports the testing package).
 
 from __future__ import annotations
 
-import asyncio
 import heapq
 import math
 import time
@@ -169,6 +168,10 @@ async def _all_tasks_blocked() -> None:
     it returns anyway, so a test that polls in a loop (``while not done: await
     checkpoint()``) still sees time move on.
     """
+    # Imported here: only an autojump sleeper needs asyncio, and a plain
+    # ``import resilience`` should not pay for loading it.
+    import asyncio
+
     try:
         this: Any = asyncio.current_task()
     except RuntimeError:

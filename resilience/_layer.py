@@ -22,7 +22,7 @@ import inspect
 import logging
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import attrs
 import httpx
@@ -35,9 +35,12 @@ from ._bodies import (
 )
 from ._classifier import HTTP_CLASSIFIER, Classifier, classify_error
 from ._clock import Clock
-from ._events import Event
 from ._report import CallReport
 from ._verdict import Action, Verdict, verdict_fault
+
+if TYPE_CHECKING:
+    # Annotations only: the event classes load with the first layer that emits one.
+    from ._events import Event
 
 __all__ = [
     "BreakerRegistry",

@@ -30,7 +30,6 @@ from ._bodies import (
 )
 from ._classifier import Classifier
 from ._clock import Clock, default_clock
-from ._events import Event
 from ._layer import Call, CallNext, Handler, Instrument, Layer, Outcome, PipelineEnv
 from ._loader import resolve_classifier
 from ._order import check_layer_order
@@ -40,6 +39,8 @@ from ._verdict import Action, Verdict
 if TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider
     from opentelemetry.trace import TracerProvider
+
+    from ._events import Event
 
 __all__ = ["Pipeline"]
 

@@ -9,26 +9,36 @@ that name onto every log record the library writes (``record.resilience_pipeline
 whichever layer writes it.
 
 Kept apart from ``_telemetry`` so that the pipeline reads these without importing
-OpenTelemetry, and so that logs carry the name with telemetry switched off too.
+OpenTelemetry, and so that logs carry the name with telemetry switched off too. The
+resend-count extension and :func:`request_hook` live here for the same reason:
+``import resilience`` exports them, and OpenTelemetry loads only when a pipeline
+with telemetry is built.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
 
 __all__ = [
     "CURRENT_PIPELINE",
     "DEFAULT_KNOWN_METHODS",
+    "HTTP_RESEND_COUNT",
     "KNOWN_METHODS_ENV",
     "LOG_ATTRIBUTE",
+    "RESEND_COUNT_EXTENSION",
     "check_known_methods",
     "check_name",
     "known_methods_from_env",
+    "request_hook",
 ]
 
 logger = logging.getLogger("resilience")
@@ -46,6 +56,12 @@ KNOWN_METHODS_ENV = "OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS"
 LOG_ATTRIBUTE = "resilience_pipeline"
 """The log record attribute holding the name of the pipeline whose call logged it
 (``None`` outside a call)."""
+
+RESEND_COUNT_EXTENSION = "resilience.resend_count"
+"""The ``request.extensions`` key holding the attempt's resend count (0 first)."""
+
+HTTP_RESEND_COUNT = "http.request.resend_count"
+"""The HTTP semantic conventions' attribute for that count."""
 
 CURRENT_PIPELINE: ContextVar[str | None] = ContextVar("resilience_pipeline", default=None)
 """The name of the pipeline whose call runs in this context (tasks a call starts
@@ -127,3 +143,27 @@ def _stamp(record: logging.LogRecord) -> bool:
 # Filters run only for records that are emitted: a disabled level costs nothing.
 if _stamp not in logger.filters:
     logger.addFilter(_stamp)
+
+
+async def request_hook(span: Span, request: Any) -> None:
+    """Copy the resend count onto ``opentelemetry-instrumentation-httpx``'s span.
+
+    Pass it as the async request hook, so the CLIENT span that instrumentation
+    creates inside the inner transport carries ``http.request.resend_count`` like
+    ``resilience``'s own attempt span::
+
+        HTTPXClientInstrumentor().instrument(async_request_hook=resilience.request_hook)
+
+    To run a hook of your own as well, call this one from it.
+
+    Args:
+        span: the instrumentation's span for one request.
+        request: its ``RequestInfo`` (or an :class:`httpx.Request`): anything with
+            an ``extensions`` mapping.
+    """
+    extensions = getattr(request, "extensions", None)
+    if not isinstance(extensions, Mapping):
+        return
+    count = extensions.get(RESEND_COUNT_EXTENSION)
+    if isinstance(count, int) and count > 0 and span.is_recording():
+        span.set_attribute(HTTP_RESEND_COUNT, count)

@@ -10,7 +10,7 @@ classifiers and every layer import it.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, NoReturn, Protocol, runtime_checkable
 
 import attrs
@@ -65,6 +65,13 @@ class FieldError:
     """The vendor's human-readable text for this field."""
 
 
+def _field_errors(value: Iterable[FieldError]) -> tuple[FieldError, ...]:
+    # A function, not ``tuple`` itself: attrs reads a converter's signature, and a
+    # builtin's is parsed from text by tokenize, whose first use compiles a regex
+    # that costs every program about 5 ms at import.
+    return tuple(value)
+
+
 @attrs.frozen(kw_only=True)
 class Problem:
     """A vendor's error, normalised.
@@ -86,7 +93,7 @@ class Problem:
     """The explanation of this occurrence, if the vendor gave one."""
     request_id: str | None = None
     """The vendor's request id (Turris's ``requestId``), for support tickets."""
-    errors: tuple[FieldError, ...] = attrs.field(default=(), converter=tuple)
+    errors: tuple[FieldError, ...] = attrs.field(default=(), converter=_field_errors)
     """Field-level errors."""
     details: Mapping[str, Any] = attrs.field(factory=dict, converter=_freeze_mapping)
     """The vendor's raw details, as a mapping."""
