@@ -8,8 +8,12 @@ persistence). Figures:
 
 * a call through ``Pipeline([RateLimiter])`` on ``httpx.MockTransport``, against
   the same pipeline without the layer: the layer's cost with each store;
-* one ``take_slot`` and one ``update_budget``, awaited one after the other: the
-  store's own cost (on Redis: one round trip, one Lua script);
+* a healthy call through ``Retry`` with its budget in memory and on Redis (the
+  calls reach Redis once per 50 ms slot), and through ``CircuitBreaker`` in
+  memory and with ``store=`` (one round trip per counted outcome);
+* one ``take_slot``, one ``update_budget`` (a retry taken: what each retry
+  costs) and one ``breaker_record``, awaited one after the other: the store's
+  own cost (on Redis: one round trip, one Lua script);
 * 4 processes taking slots of one 500/s limit for 2 s: slots given against
   ``rate * window + burst``;
 * a call through ``AuthRefresh`` with its token cached, with and without a store
@@ -33,12 +37,15 @@ import httpx
 
 from resilience import (
     AuthRefresh,
+    CircuitBreaker,
     MemoryStore,
     OAuth2ClientCredentials,
     Pipeline,
     RateLimiter,
     RedisStore,
     ResilientTransport,
+    Retry,
+    RetryBudget,
 )
 
 _path = Path(__file__).resolve().parents[1] / "tests" / "_redis.py"
@@ -82,9 +89,7 @@ async def store_ops(store: Any, n: int) -> tuple[float, float]:
         slots.append((time.perf_counter() - started) / n * 1e6)
         started = time.perf_counter()
         for _ in range(n):
-            await store.update_budget(
-                "bench", 0.0, deposit=0.2, withdraw=True, refill=1.0, capacity=10.0, initial=10.0
-            )
+            await store.update_budget("bench", 0.0, calls=1, take=True, ratio=0.2, floor=1e9)
         budgets.append((time.perf_counter() - started) / n * 1e6)
     return statistics.median(slots), statistics.median(budgets)
 
@@ -99,6 +104,16 @@ async def costs(url: str, n: int) -> None:
         rows.append(("pipeline + RateLimiter (memory)", await per_call(memory, n)))
     async with client([RateLimiter(**limiter, store=redis_store)]) as shared:
         rows.append(("pipeline + RateLimiter (Redis)", await per_call(shared, n)))
+    budget = {"max_attempts": 3, "budget": RetryBudget()}
+    async with client([Retry(**budget)]) as retry:
+        rows.append(("pipeline + Retry, budget in memory", await per_call(retry, n)))
+    shared_budget = RetryBudget(store=redis_store)
+    async with client([Retry(max_attempts=3, budget=shared_budget)]) as retry:
+        rows.append(("pipeline + Retry, budget on Redis", await per_call(retry, n)))
+    async with client([CircuitBreaker()]) as breaker:
+        rows.append(("pipeline + CircuitBreaker (memory)", await per_call(breaker, n)))
+    async with client([CircuitBreaker(store=redis_store)]) as breaker:
+        rows.append(("pipeline + CircuitBreaker(store=Redis)", await per_call(breaker, n)))
     provider = OAuth2ClientCredentials("https://api.test/token", "id", "secret")
     async with client([AuthRefresh(provider)]) as auth:
         rows.append(("pipeline + AuthRefresh (cached token)", await per_call(auth, n)))
@@ -108,6 +123,19 @@ async def costs(url: str, n: int) -> None:
     rows += [("MemoryStore.take_slot", slot), ("MemoryStore.update_budget", budget)]
     slot, budget = await store_ops(redis_store, n)
     rows += [("RedisStore.take_slot", slot), ("RedisStore.update_budget", budget)]
+    started = time.perf_counter()
+    for _ in range(n):
+        await redis_store.breaker_record(
+            "bench",
+            failed=False,
+            width=3.0,
+            minimum_calls=20,
+            failure_ratio=0.5,
+            consecutive=0,
+            break_for=30.0,
+            ttl=400.0,
+        )
+    rows.append(("RedisStore.breaker_record", (time.perf_counter() - started) / n * 1e6))
     assert redis_store.fallback_calls == 0
     await redis_store.aclose()
     for name, micros in rows:

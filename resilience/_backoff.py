@@ -22,7 +22,7 @@ import copy
 import math
 import random
 import time
-from typing import Any, Literal, Protocol, get_args, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, get_args, runtime_checkable
 
 import attrs
 
@@ -30,6 +30,9 @@ from . import _validate as v
 from ._clock import Clock, SystemClock
 from ._report import GaveUp
 from .errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from ._shared_budget import SharedBudget
 
 __all__ = [
     "MIN_HINT_CAP",
@@ -310,6 +313,14 @@ def decide(
 _SLOTS = 20
 
 
+def _budget_store_ok(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None and not callable(getattr(value, "update_budget", None)):
+        raise ConfigurationError(
+            "RetryBudget: store must be a StateStore (MemoryStore, RedisStore) or None, "
+            f"got {type(value).__name__}"
+        )
+
+
 @attrs.frozen(kw_only=True)
 class RetryBudget:
     """Keeps retries to a share of the traffic, at every moment.
@@ -337,9 +348,20 @@ class RetryBudget:
     initial: float = attrs.field(default=0.0, validator=v.number(minimum=0))
     """Retries a fresh pipeline may make beyond the per-second allowance, once (a
     reserve that never refills; none by default)."""
+    store: Any = attrs.field(default=None, validator=_budget_store_ok, repr=False)
+    """A state store (``RedisStore``) holding the window for every process that
+    shares it: the rule then holds for the fleet's calls and retries together.
+    ``None`` (the default): this pipeline's own window, in memory."""
+    key: str = attrs.field(default="default", validator=v.instance_of(str))
+    """Names the window in the store: pipelines that share a store and should keep
+    separate budgets (one per vendor) need different keys."""
 
-    def build(self, clock: Clock) -> BudgetWindow:
-        """The runtime state for one pipeline."""
+    def build(self, clock: Clock) -> BudgetWindow | SharedBudget:
+        """The runtime state for one pipeline (a ``SharedBudget`` with a store)."""
+        if self.store is not None:
+            from ._shared_budget import SharedBudget
+
+            return SharedBudget(self, clock)
         return BudgetWindow(self, clock)
 
 

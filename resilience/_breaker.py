@@ -130,6 +130,14 @@ def _window_calls_fit(instance: CircuitBreaker, attribute: Any, value: int | Non
         )
 
 
+def _breaker_store_ok(instance: Any, attribute: Any, value: Any) -> None:
+    if value is not None and not callable(getattr(value, "breaker_record", None)):
+        raise ConfigurationError(
+            "CircuitBreaker: store must be a RedisStore (a store with breaker_record) "
+            f"or None, got {type(value).__name__}"
+        )
+
+
 @attrs.frozen(kw_only=True)
 class CircuitBreaker:
     """Fails fast on backends whose recent calls mostly failed.
@@ -243,12 +251,22 @@ class CircuitBreaker:
         forgotten like an idle closed one."""
         return max(self.window, self.longest_break)
 
+    store: Any = attrs.field(default=None, validator=_breaker_store_ok, repr=False)
+    """A ``RedisStore`` sharing the circuits' state with every process that uses it
+    (one process's failures open the circuit for all; one process probes for all;
+    see ``docs/shared-state.md``). ``None`` (the default): this process's circuits
+    alone, with no store step on any call."""
+
     def bind(self, env: PipelineEnv) -> _BreakerHandler:
         """Create this layer's registry in ``env`` and return its handler."""
         registry = CircuitRegistry(self, env)
         # Bound innermost first: env.breakers[0] is the innermost breaker's (the
         # splitter records its per-part outcomes there); each is found by its layer.
         env.breakers.append(registry)
+        if self.store is not None:
+            from ._shared_breaker import StoreBreakerHandler
+
+            return StoreBreakerHandler(self, env, registry)
         return _BreakerHandler(self, env, registry)
 
 

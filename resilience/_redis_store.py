@@ -1,8 +1,9 @@
-"""RedisStore: rate limits, retry budgets and tokens shared by every process of a fleet.
+"""RedisStore: rate limits, retry budgets, breakers and tokens shared by a fleet.
 
 Layers hand their per-key updates to a :class:`~resilience.StateStore`; this one
 keeps them in Redis, so 8 workers calling one vendor spend one rate limit and one
-retry budget between them. Each update is one Lua script run on the server (the
+retry budget between them (the budget's calls and retries of the last second,
+counted per 50 ms slot by the server's clock). Each update is one Lua script run on the server (the
 read, the decision and the write happen there, atomically: two workers can never
 both take the last slot), so a call costs one round trip. Times are the Redis
 server's (``TIME``), never the workers' clocks, which need not agree; what comes
@@ -14,6 +15,11 @@ margin, never a client secret) living until the token's refresh time, next to a
 lease (``<prefix>:lease:tok:<key>``, ``SET NX PX``) held by the one process that
 fetches the next token; a rejected token is deleted only while it is still the
 one stored (compare and delete).
+
+A shared breaker is a hash (``<prefix>:cb:<key>``: ten time buckets, the run of
+failures, and ``until`` while open) next to its probe lease
+(``<prefix>:lease:cb:<key>``, ``SET NX PX``); a budget window is a hash of 20
+slots (``<prefix>:rb:<key>``).
 
 Redis failing never takes the application down: every Redis call is bounded by
 ``timeout``; when Redis errs or is slow, the store logs it once, counts it
@@ -52,6 +58,9 @@ logger = logging.getLogger("resilience")
 #: Waits, intervals and times travel as whole microseconds: Lua numbers are
 #: doubles, exact to 2**53 (285 years of microseconds).
 _US = 1_000_000
+#: A budget window's key lives this long after its last update (ms): its state is
+#: one second deep, so an idle budget vanishes soon after.
+_BUDGET_TTL_MS = 2000
 #: A wait longer than this (about 31 years) stands for "no limit".
 _NO_LIMIT_US = 10**15
 
@@ -84,37 +93,142 @@ if wait < 0 then wait = 0 end
 return {1, string.format('%.0f', wait)}
 """
 
-# KEYS[1]: the bucket's hash. ARGV: deposit, withdraw (0/1), refill per second,
-# capacity, initial, ttl (ms).
+# A retry budget's last second (the RetryBudget rule, shared): KEYS[1] a hash with,
+# per slot index i of 20 (slots of 50 ms by the server's clock), s<i> the slot
+# number it holds, c<i> its calls and r<i> its retries. ARGV: calls started,
+# take (0/1), ratio, floor, ttl (ms). Counts the calls and, asked to, takes a retry
+# while the retries of the last 20 slots stay within max(floor, ratio * calls).
 _BUDGET = """
 if redis.replicate_commands then redis.replicate_commands() end
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local deposit = tonumber(ARGV[1])
-local refill = tonumber(ARGV[3])
-local capacity = tonumber(ARGV[4])
-local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
-local tokens = tonumber(state[1])
-local ts = tonumber(state[2])
-if tokens == nil or ts == nil then
-  tokens = math.min(tonumber(ARGV[5]), capacity)
-  ts = now
+local n = 20
+local slot = math.floor((tonumber(t[1]) * 1000000 + tonumber(t[2])) / 50000)
+local index = slot % n
+local fields = {}
+for i = 0, n - 1 do
+  fields[#fields + 1] = 's' .. i
+  fields[#fields + 1] = 'c' .. i
+  fields[#fields + 1] = 'r' .. i
 end
-if now > ts then
-  tokens = tokens + (now - ts) / 1000000 * refill
-  ts = now
+local v = redis.call('HMGET', KEYS[1], unpack(fields))
+local at = index * 3
+local calls, retries = 0, 0
+if tonumber(v[at + 1]) == slot then
+  calls = tonumber(v[at + 2]) or 0
+  retries = tonumber(v[at + 3]) or 0
 end
-tokens = tokens + deposit
-if tokens > capacity then tokens = capacity end
+calls = calls + tonumber(ARGV[1])
 local taken = 0
-if ARGV[2] == '1' and tokens >= 1 then
-  tokens = tokens - 1
-  taken = 1
+if ARGV[2] == '1' then
+  local seen, retried = calls, retries
+  for i = 0, n - 1 do
+    local s = tonumber(v[i * 3 + 1])
+    if i ~= index and s and s > slot - n then
+      seen = seen + (tonumber(v[i * 3 + 2]) or 0)
+      retried = retried + (tonumber(v[i * 3 + 3]) or 0)
+    end
+  end
+  local allowance = tonumber(ARGV[3]) * seen
+  if allowance < tonumber(ARGV[4]) then allowance = tonumber(ARGV[4]) end
+  if retried + 1 <= allowance then
+    retries = retries + 1
+    taken = 1
+  end
 end
-redis.call('HSET', KEYS[1], 'tokens', string.format('%.6f', tokens),
-           'ts', string.format('%.0f', ts))
-redis.call('PEXPIRE', KEYS[1], ARGV[6])
-return {taken, string.format('%.6f', tokens)}
+redis.call('HSET', KEYS[1], 's' .. index, string.format('%.0f', slot),
+           'c' .. index, calls, 'r' .. index, retries)
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+return taken
+"""
+
+# A shared circuit breaker: KEYS[1] a hash with, per bucket index i of 10, b<i>
+# the bucket number, n<i> its counted calls and f<i> its failures; 'run' the
+# failures in a row; 'until' (us, server time) while open or half-open (absent:
+# closed). ARGV: failed (0/1), bucket width (us), minimum calls, failure ratio,
+# consecutive failures (0: off), break (us), ttl (ms). Counts one outcome of a
+# call admitted while closed, opens the circuit when the window or the run says
+# so, and answers the microseconds until it half-opens (0: closed or half-open).
+_RECORD = """
+if redis.replicate_commands then redis.replicate_commands() end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local u = tonumber(redis.call('HGET', KEYS[1], 'until'))
+if u then
+  if u > now then return math.floor(u - now) end
+  return 0
+end
+local n = 10
+local bucket = math.floor(now / tonumber(ARGV[2]))
+local index = bucket % n
+local fields = {'run'}
+for i = 0, n - 1 do
+  fields[#fields + 1] = 'b' .. i
+  fields[#fields + 1] = 'n' .. i
+  fields[#fields + 1] = 'f' .. i
+end
+local v = redis.call('HMGET', KEYS[1], unpack(fields))
+local failed = ARGV[1] == '1'
+local run = tonumber(v[1]) or 0
+if failed then run = run + 1 else run = 0 end
+local at = 1 + index * 3
+local calls, failures = 0, 0
+if tonumber(v[at + 1]) == bucket then
+  calls = tonumber(v[at + 2]) or 0
+  failures = tonumber(v[at + 3]) or 0
+end
+calls = calls + 1
+if failed then failures = failures + 1 end
+local seen, bad = calls, failures
+for i = 0, n - 1 do
+  local b = tonumber(v[2 + i * 3])
+  if i ~= index and b and b > bucket - n then
+    seen = seen + (tonumber(v[3 + i * 3]) or 0)
+    bad = bad + (tonumber(v[4 + i * 3]) or 0)
+  end
+end
+local consecutive = tonumber(ARGV[5])
+if (seen >= tonumber(ARGV[3]) and bad > 0 and bad / seen >= tonumber(ARGV[4]))
+   or (consecutive > 0 and run >= consecutive) then
+  redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[1], 'until', string.format('%.0f', now + tonumber(ARGV[6])))
+  redis.call('PEXPIRE', KEYS[1], ARGV[7])
+  return math.floor(tonumber(ARGV[6]))
+end
+redis.call('HSET', KEYS[1], 'run', run, 'b' .. index, string.format('%.0f', bucket),
+           'n' .. index, calls, 'f' .. index, failures)
+redis.call('PEXPIRE', KEYS[1], ARGV[7])
+return 0
+"""
+
+# KEYS[1]: the breaker's hash, KEYS[2]: its probe lease. ARGV: lease (ms). Answers
+# -1 (closed), the microseconds until it half-opens (still open), 0 (the probe is
+# the caller's: SET NX PX) or -2 (another process probes).
+_PROBE = """
+if redis.replicate_commands then redis.replicate_commands() end
+local u = tonumber(redis.call('HGET', KEYS[1], 'until'))
+if not u then return -1 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+if u > now then return math.floor(u - now) end
+if redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[1]) then return 0 end
+return -2
+"""
+
+# KEYS as _PROBE. ARGV: outcome (1: the probe succeeded, 0: it failed, -1: none),
+# break (us), ttl (ms). A success closes the circuit for all; a failure reopens it.
+_SETTLE = """
+if redis.replicate_commands then redis.replicate_commands() end
+redis.call('DEL', KEYS[2])
+if ARGV[1] == '1' then
+  redis.call('DEL', KEYS[1])
+elseif ARGV[1] == '0' then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[1], 'until', string.format('%.0f', now + tonumber(ARGV[2])))
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+end
+return 1
 """
 
 # The shared token: KEYS[1] its hash (v: the access token, m: its margin), KEYS[2]
@@ -191,7 +305,8 @@ class RedisStore:
     many processes.
 
     ``RedisStore(url="redis://127.0.0.1:6379/0", prefix="billing")``, then
-    ``RateLimiter(..., store=store)`` and ``AuthRefresh(..., store=store)`` (or
+    ``RateLimiter(..., store=store)``, ``AuthRefresh(..., store=store)``,
+    ``RetryBudget(store=store)`` and ``CircuitBreaker(store=store)`` (or
     ``standard_pipeline(vendor, store=store)``, which hands it to both). Build it
     (or hand it ``client=``, a ``redis.asyncio.Redis`` of your own) once per
     process; it makes its client in the event loop that first uses it. Call
@@ -218,7 +333,8 @@ class RedisStore:
     clock: Clock = attrs.field(default=SYSTEM_CLOCK, validator=v.has_method("now"), repr=False)
     """Times the outages (``retry_interval``); the slots use the Redis server's time."""
     budget_ttl: float = attrs.field(default=600.0, validator=v.number(minimum=1.0))
-    """Seconds an untouched retry budget lives in Redis (and locally)."""
+    """Seconds an untouched retry budget window is kept in local state (in Redis it
+    is one second deep and its key lives 2 s after its last update)."""
     local: MemoryStore = attrs.field(
         default=attrs.Factory(
             lambda self: MemoryStore(idle_after=self.budget_ttl), takes_self=True
@@ -286,7 +402,17 @@ class RedisStore:
             self._loop = loop
             self._scripts = tuple(
                 client.register_script(script)
-                for script in (_GCRA, _BUDGET, _CLAIM, _PUT, _RELEASE, _DROP)
+                for script in (
+                    _GCRA,
+                    _BUDGET,
+                    _CLAIM,
+                    _PUT,
+                    _RELEASE,
+                    _DROP,
+                    _RECORD,
+                    _PROBE,
+                    _SETTLE,
+                )
             )
         return self._scripts
 
@@ -352,30 +478,20 @@ class RedisStore:
         return int(taken) == 1, int(wait) / _US
 
     async def update_budget(
-        self,
-        key: str,
-        now: float,
-        *,
-        deposit: float,
-        withdraw: bool,
-        refill: float,
-        capacity: float,
-        initial: float,
-    ) -> tuple[bool, float]:
+        self, key: str, now: float, *, calls: int, take: bool, ratio: float, floor: float
+    ) -> bool:
         budget = self._connect()[1]
-        local = self.local
         if not self._use_local():
             try:
                 with anyio.fail_after(self.timeout):
-                    taken, tokens = await budget(
+                    taken = await budget(
                         keys=[f"{self.prefix}:rb:{key}"],
                         args=[
-                            repr(float(deposit)),
-                            1 if withdraw else 0,
-                            repr(float(refill)),
-                            repr(float(capacity)),
-                            repr(float(initial)),
-                            math.ceil(self.budget_ttl * 1000),
+                            calls,
+                            1 if take else 0,
+                            repr(float(ratio)),
+                            repr(float(floor)),
+                            _BUDGET_TTL_MS,
                         ],
                     )
             except Exception as exc:
@@ -383,22 +499,17 @@ class RedisStore:
             else:
                 self._answered()
                 self.redis_calls += 1
-                return int(taken) == 1, float(tokens)
+                return int(taken) == 1
             finally:
                 self._probing = False
         self.fallback_calls += 1
-        return local.update_budget_now(
-            key,
-            now,
-            deposit=deposit,
-            withdraw=withdraw,
-            refill=refill,
-            capacity=capacity,
-            initial=initial,
+        return self.local.update_budget_now(
+            key, now, calls=calls, take=take, ratio=ratio, floor=floor
         )
 
-    async def _token_script(self, index: int, keys: list[str], args: list[Any]) -> Any:
-        """Run a token script; ``None`` when Redis is away (the caller goes local)."""
+    async def _script(self, index: int, keys: list[str], args: list[Any]) -> Any:
+        """Run script ``index`` (tokens, breakers); ``None`` when Redis is away (the
+        caller goes local)."""
         script = self._connect()[index]
         if self._use_local():
             self.fallback_calls += 1
@@ -420,7 +531,7 @@ class RedisStore:
         return [f"{self.prefix}:tok:{key}", f"{self.prefix}:lease:tok:{key}"]
 
     async def claim_token(self, key: str, now: float, *, lease: float, owner: str) -> TokenClaim:
-        answer = await self._token_script(
+        answer = await self._script(
             2, self._token_keys(key), [owner, max(1, math.ceil(lease * 1000))]
         )
         if answer is None:
@@ -436,18 +547,74 @@ class RedisStore:
     ) -> None:
         # Kept locally too: if Redis goes away, this process still has its token.
         self.local.put_token_now(key, now, value=value, ttl=ttl, margin=margin, owner=owner)
-        await self._token_script(
+        await self._script(
             3, self._token_keys(key), [value, repr(float(margin)), max(1, round(ttl * 1000)), owner]
         )
 
     async def release_token(self, key: str, owner: str) -> None:
         self.local.release_token_now(key, owner)
-        await self._token_script(4, self._token_keys(key)[1:], [owner])
+        await self._script(4, self._token_keys(key)[1:], [owner])
 
     async def drop_token(self, key: str, value: str) -> bool:
         dropped = self.local.drop_token_now(key, value)
-        answer = await self._token_script(5, self._token_keys(key)[:1], [value])
+        answer = await self._script(5, self._token_keys(key)[:1], [value])
         return dropped if answer is None else int(answer) == 1
+
+    # -- a shared circuit breaker (``CircuitBreaker(store=...)``): ``None`` means
+    # Redis is away and the breaker goes on with its local circuit alone.
+
+    def _breaker_keys(self, key: str) -> list[str]:
+        return [f"{self.prefix}:cb:{key}", f"{self.prefix}:lease:cb:{key}"]
+
+    async def breaker_record(
+        self,
+        key: str,
+        *,
+        failed: bool,
+        width: float,
+        minimum_calls: int,
+        failure_ratio: float,
+        consecutive: int,
+        break_for: float,
+        ttl: float,
+    ) -> float | None:
+        """Count one outcome of a call admitted while closed; seconds until the
+        shared circuit half-opens (0: not open), ``None`` when Redis is away."""
+        answer = await self._script(
+            6,
+            self._breaker_keys(key)[:1],
+            [
+                1 if failed else 0,
+                max(1, round(width * _US)),
+                minimum_calls,
+                repr(float(failure_ratio)),
+                consecutive,
+                round(break_for * _US),
+                max(1, math.ceil(ttl * 1000)),
+            ],
+        )
+        return None if answer is None else int(answer) / _US
+
+    async def breaker_probe(self, key: str, *, lease: float) -> float | None:
+        """Whether this process may probe: -1 closed, > 0 seconds still open, 0 the
+        probe is this process's, -2 another probes; ``None`` when Redis is away."""
+        answer = await self._script(7, self._breaker_keys(key), [max(1, math.ceil(lease * 1000))])
+        if answer is None:
+            return None
+        answer = int(answer)
+        return float(answer) if answer < 0 else answer / _US
+
+    async def breaker_settle(
+        self, key: str, *, succeeded: bool | None, break_for: float, ttl: float
+    ) -> None:
+        """The probe's outcome: close for all, reopen for ``break_for`` s, or (None)
+        just free the probe."""
+        outcome = -1 if succeeded is None else int(succeeded)
+        await self._script(
+            8,
+            self._breaker_keys(key),
+            [outcome, round(break_for * _US), max(1, math.ceil(ttl * 1000))],
+        )
 
     async def aclose(self) -> None:
         """Close the client this store made (a client handed in is the caller's)."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import attrs
 import httpx
@@ -120,7 +120,12 @@ class Retry:
         breakers = tuple(env.breakers)
         # Holding needs a breaker below to say when the backend is back.
         hold = self.hold if breakers else None
-        return _RetryHandler(
+        # A budget kept in a store (RetryBudget(store=...)) needs awaits: its own
+        # handler, so that a pipeline without one runs exactly as before.
+        handler = (
+            _RetryHandler if type(bucket) is BudgetWindow or bucket is None else _StoreRetryHandler
+        )
+        return handler(
             self,
             env,
             bucket,
@@ -155,6 +160,8 @@ class _RetryHandler:
     hold: Hold | None = None
     on_open: bool = False
     """Whether a call an open breaker rejected may go on (``wait_for_half_open`` or ``hold``)."""
+    #: Whether the budget is asked (awaited) after the decision (a store's budget).
+    _in_store: ClassVar[bool] = False
 
     async def __call__(self, request: httpx.Request, call: Call, call_next: CallNext) -> Outcome:
         # Once per logical call: a splitter's re-requests pass here again.
@@ -199,6 +206,8 @@ class _RetryHandler:
                     if gave_up is not None
                     else self._decide(request, call, attempt, hint, previous)
                 )
+                if self._in_store and not isinstance(decision, GaveUp):
+                    decision = await self._take(decision)
                 if isinstance(decision, GaveUp):
                     return self._give_up(call, outcome, decision)
                 # Retrying after all: what gave up below (a Timeout(total=...) inside
@@ -254,6 +263,10 @@ class _RetryHandler:
         if bucket is not None and not isinstance(decision, GaveUp):
             bucket.try_withdraw(now)
         return decision
+
+    async def _take(self, delay: float) -> float | GaveUp:
+        """The retry's share of a store's budget (only :class:`_StoreRetryHandler`)."""
+        raise NotImplementedError
 
     def _give_up(self, call: Call, outcome: Outcome, gave_up: GaveUp) -> Outcome:
         if isinstance(outcome.error, CircuitOpenError):
@@ -388,3 +401,50 @@ class _RetryHandler:
                     how,
                 )
         return how in (RECOVERED, PROBE)
+
+
+@attrs.define(eq=False, slots=True)
+class _StoreRetryHandler(_RetryHandler):
+    """Retry with a budget kept in a store (``RetryBudget(store=...)``, a
+    ``SharedBudget``): the calls reach the store at most once a slot, and a retry
+    is taken from the store, awaited, after every other reason to stop was checked
+    (the budget is asked last, as :func:`decide` asks it)."""
+
+    _in_store: ClassVar[bool] = True
+
+    async def __call__(self, request: httpx.Request, call: Call, call_next: CallNext) -> Outcome:
+        if call.report.attempts == 0:
+            budget: Any = self.bucket
+            budget.deposit()
+            if budget.flush_due():
+                await budget.flush()
+        outcome = await call_next(request, call)
+        if outcome.verdict.action is not _RETRY and not self.on_open:
+            return outcome
+        return await self._retry(request, call, call_next, outcome)
+
+    def _decide(
+        self,
+        request: httpx.Request,
+        call: Call,
+        attempt: int,
+        hint: float | None,
+        previous: float | None,
+    ) -> float | GaveUp:
+        """:func:`decide` without the budget: :meth:`_take` asks the store after it."""
+        now = self.env.clock.now()
+        deadline = call.deadline
+        return decide(
+            attempt,
+            max_attempts=self.config.max_attempts,
+            backoff=self.backoff.delay(attempt - 1, previous),
+            hint=hint,
+            cap=self.cap,
+            remaining=None if deadline is None else deadline - now,
+            blocked=self._blocked(request) if self.breakers else 0.0,
+            wait_for_blocked=self.config.wait_for_half_open,
+        )
+
+    async def _take(self, delay: float) -> float | GaveUp:
+        budget: Any = self.bucket
+        return delay if await budget.take(self.env.clock.now()) else GaveUp.BUDGET

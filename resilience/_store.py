@@ -1,4 +1,4 @@
-"""State stores: where a rate limiter's slots and a retry budget's tokens live.
+"""State stores: where a rate limiter's slots and a retry budget's window live.
 
 A layer that keeps per-key counters asks a store to update them; the store does the
 whole read-modify-write in one step, so two callers (two tasks, or two processes
@@ -16,8 +16,11 @@ Two kinds of state:
   theoretical arrival time ``tat`` of the next call): :meth:`StateStore.take_slot`
   admits a call now, reserves one a little later (the caller sleeps), or refuses
   and says when a slot frees;
-* a **token bucket** for a retry budget: :meth:`StateStore.update_budget` adds
-  what calls earned, refills with time and withdraws one retry, in one step;
+* a **retry budget window** (``Retry(budget=RetryBudget(..., store=...))``):
+  :meth:`StateStore.update_budget` counts the calls started and, in the same
+  step, takes one retry when the last second's retries stay within
+  ``max(floor, ratio * calls)`` (the :class:`~resilience.RetryBudget` rule, over
+  :data:`BUDGET_SLOTS` slots of 1/20 s);
 * a **shared access token** and the lease of whoever fetches the next one
   (:meth:`StateStore.claim_token`, :meth:`~StateStore.put_token`,
   :meth:`~StateStore.release_token`, :meth:`~StateStore.drop_token`), so that a
@@ -27,13 +30,14 @@ Two kinds of state:
 
 from __future__ import annotations
 
+import math
 from typing import Protocol, runtime_checkable
 
 import attrs
 
 from . import _validate as v
 
-__all__ = ["MemoryStore", "StateStore", "TokenClaim", "gcra"]
+__all__ = ["BUDGET_SLOTS", "MemoryStore", "StateStore", "TokenClaim", "budget_step", "gcra"]
 
 #: What :meth:`StateStore.claim_token` answers: the cached token as ``(value,
 #: seconds its key still lives, margin)`` (the margin is how much longer the token
@@ -69,24 +73,15 @@ class StateStore(Protocol):
         ...
 
     async def update_budget(
-        self,
-        key: str,
-        now: float,
-        *,
-        deposit: float,
-        withdraw: bool,
-        refill: float,
-        capacity: float,
-        initial: float,
-    ) -> tuple[bool, float]:
-        """Add ``deposit`` tokens, refill ``refill`` a second, then maybe withdraw one.
+        self, key: str, now: float, *, calls: int, take: bool, ratio: float, floor: float
+    ) -> bool:
+        """Count ``calls`` started now; with ``take``, take one retry if the budget allows.
 
-        A bucket not seen before (or expired) starts with ``initial`` tokens; it
-        never holds more than ``capacity``.
+        A retry is allowed while the retries of the last second, this one
+        included, stay within ``max(floor, ratio * calls of the last second)``.
 
         Returns:
-            whether one token was withdrawn (always ``False`` when not asked), and
-            the tokens left.
+            whether one retry was taken (always ``False`` when not asked).
         """
         ...
 
@@ -140,11 +135,47 @@ def gcra(
     return True, (wait if wait > _SLACK else 0.0), new_tat
 
 
+#: A budget window is kept as this many slots of 1/BUDGET_SLOTS s (as
+#: :class:`~resilience.RetryBudget`'s own window).
+BUDGET_SLOTS = 20
+
+
 @attrs.define(eq=False, slots=True)
-class _Bucket:
-    tokens: float
-    last: float
+class _Window:
+    """One budget's last second: per slot (index ``slot % BUDGET_SLOTS``) the slot
+    number it holds, its calls and its retries."""
+
+    slots: list[int]
+    calls: list[int]
+    retries: list[int]
     expires: float
+
+
+def budget_step(
+    window: _Window, now: float, calls: int, take: bool, ratio: float, floor: float
+) -> bool:
+    """The per-second rule on one window (what the Redis script does on the server)."""
+    slot = math.floor(now * BUDGET_SLOTS)
+    index = slot % BUDGET_SLOTS
+    slots = window.slots
+    if slots[index] != slot:
+        slots[index] = slot
+        window.calls[index] = 0
+        window.retries[index] = 0
+    window.calls[index] += calls
+    if not take:
+        return False
+    oldest = slot - BUDGET_SLOTS
+    seen = retried = 0
+    for i in range(BUDGET_SLOTS):
+        if slots[i] > oldest:
+            seen += window.calls[i]
+            retried += window.retries[i]
+    share = ratio * seen
+    if retried + 1 <= (share if share > floor else floor):
+        window.retries[index] += 1
+        return True
+    return False
 
 
 @attrs.define(eq=False, slots=True)
@@ -159,25 +190,25 @@ class MemoryStore:
     """State in this process: the default store, and Redis's fallback.
 
     Keys that went idle cost nothing for long: a slot whose ``tat`` has passed is
-    the same as no entry, and a budget untouched for ``idle_after`` seconds starts
-    afresh; both are dropped in a sweep that runs when the dicts have doubled
+    the same as no entry, and a budget window untouched for ``idle_after``
+    seconds is forgotten; both are dropped in a sweep that runs when the dicts have doubled
     since the last one (amortised O(1) per call).
     """
 
     idle_after: float = attrs.field(
         default=600.0, validator=v.number(minimum=0, exclusive_minimum=True)
     )
-    """Seconds after which an untouched budget bucket is forgotten."""
+    """Seconds after which an untouched budget window is forgotten."""
     _tats: dict[str, float] = attrs.field(factory=dict, init=False, repr=False)
-    _buckets: dict[str, _Bucket] = attrs.field(factory=dict, init=False, repr=False)
+    _windows: dict[str, _Window] = attrs.field(factory=dict, init=False, repr=False)
     _sweep_at: int = attrs.field(default=1024, init=False, repr=False)
     # Tokens and leases are one per vendor and client id: few, never swept.
     _tokens: dict[str, _CachedToken] = attrs.field(factory=dict, init=False, repr=False)
     _leases: dict[str, tuple[str, float]] = attrs.field(factory=dict, init=False, repr=False)
 
     def __len__(self) -> int:
-        """Keys held now (slots and buckets)."""
-        return len(self._tats) + len(self._buckets)
+        """Keys held now (slots and budget windows)."""
+        return len(self._tats) + len(self._windows)
 
     def take_slot_now(
         self, key: str, now: float, interval: float, burst: int, max_wait: float
@@ -205,59 +236,23 @@ class MemoryStore:
         return self._tats.pop(key, None)
 
     def update_budget_now(
-        self,
-        key: str,
-        now: float,
-        *,
-        deposit: float,
-        withdraw: bool,
-        refill: float,
-        capacity: float,
-        initial: float,
-    ) -> tuple[bool, float]:
+        self, key: str, now: float, *, calls: int, take: bool, ratio: float, floor: float
+    ) -> bool:
         """:meth:`update_budget`, synchronously."""
-        bucket = self._buckets.get(key)
-        if bucket is None or bucket.expires <= now:
-            bucket = _Bucket(tokens=min(initial, capacity), last=now, expires=0)
-            self._buckets[key] = bucket
-            if len(self._buckets) >= self._sweep_at:
+        window = self._windows.get(key)
+        if window is None or window.expires <= now:
+            empty = [-BUDGET_SLOTS - 1] * BUDGET_SLOTS
+            window = _Window(empty, [0] * BUDGET_SLOTS, [0] * BUDGET_SLOTS, 0.0)
+            self._windows[key] = window
+            if len(self._windows) >= self._sweep_at:
                 self._sweep(now)
-        tokens = bucket.tokens
-        elapsed = now - bucket.last
-        if elapsed > 0.0 and refill:
-            tokens += elapsed * refill
-        tokens += deposit
-        if tokens > capacity:
-            tokens = capacity
-        taken = withdraw and tokens >= 1.0
-        if taken:
-            tokens -= 1.0
-        bucket.tokens = tokens
-        if now > bucket.last:
-            bucket.last = now
-        bucket.expires = now + self.idle_after
-        return taken, tokens
+        window.expires = now + self.idle_after
+        return budget_step(window, now, calls, take, ratio, floor)
 
     async def update_budget(
-        self,
-        key: str,
-        now: float,
-        *,
-        deposit: float,
-        withdraw: bool,
-        refill: float,
-        capacity: float,
-        initial: float,
-    ) -> tuple[bool, float]:
-        return self.update_budget_now(
-            key,
-            now,
-            deposit=deposit,
-            withdraw=withdraw,
-            refill=refill,
-            capacity=capacity,
-            initial=initial,
-        )
+        self, key: str, now: float, *, calls: int, take: bool, ratio: float, floor: float
+    ) -> bool:
+        return self.update_budget_now(key, now, calls=calls, take=take, ratio=ratio, floor=floor)
 
     def claim_token_now(self, key: str, now: float, *, lease: float, owner: str) -> TokenClaim:
         """:meth:`claim_token`, synchronously."""
@@ -311,8 +306,8 @@ class MemoryStore:
         tats = self._tats
         for key in [k for k, tat in tats.items() if tat <= now]:
             del tats[key]
-        buckets = self._buckets
-        for key in [k for k, b in buckets.items() if b.expires <= now]:
-            del buckets[key]
+        windows = self._windows
+        for key in [k for k, w in windows.items() if w.expires <= now]:
+            del windows[key]
         # The next sweep waits until the live keys have doubled: amortised O(1).
-        self._sweep_at = max(1024, 2 * max(len(tats), len(buckets)))
+        self._sweep_at = max(1024, 2 * max(len(tats), len(windows)))

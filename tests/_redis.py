@@ -11,6 +11,13 @@ START SECONDS RATE`` waits until the wall-clock time ``START``, then sends (as
 a second with burst :data:`BURST`, and sleep until it) for ``SECONDS``, and prints
 how many it sent and the wall-clock times of its first and last.
 
+``python tests/_redis.py budget URL PREFIX CALLS`` is one worker of a fleet
+sharing a retry budget (:func:`run_budget_workers`): it prints ``ready``, reads
+the start from stdin, makes ``CALLS`` calls that all fail through
+``Retry(budget=RetryBudget(store=RedisStore(...)))``, and prints the retries it
+sent and the seconds it took. ``python tests/_redis.py breaker URL PREFIX ROLE
+CALLS`` is one worker sharing a breaker (:func:`run_breaker_workers`).
+
 ``python tests/_redis.py token URL PREFIX BASE - SECONDS SKEW`` is one worker of a
 fleet sharing a token: it prints ``ready``, reads the wall-clock start from its
 stdin, then :data:`CALLERS` callers call ``BASE/v1/x`` through
@@ -341,7 +348,159 @@ def _worker(url: str, prefix: str, start: float, seconds: float, rate: float) ->
     print(*asyncio.run(main()))
 
 
-if __name__ == "__main__" and sys.argv[1] == "token":
+def run_budget_workers(url: str, prefix: str, workers: int, calls: int) -> list[tuple[int, float]]:
+    """Start ``workers`` processes sharing one retry budget (ratio 0, floor
+    :data:`BUDGET_FLOOR`), each making ``calls`` calls that all fail: each one's
+    (retries it sent, seconds from its first call to its last)."""
+    return [
+        (int(retries), float(span))
+        for retries, span in _fleet(["budget", url, prefix, str(calls)], workers)
+    ]
+
+
+def _fleet(args: list[str], workers: int, last: int = 2) -> list[list[bytes]]:
+    """Start ``workers`` processes of ``args``; each says ``ready``, all get one start
+    instant on stdin; the last words each printed."""
+    processes = [
+        subprocess.Popen(
+            [sys.executable, __file__, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        )
+        for _ in range(workers)
+    ]
+    for process in processes:
+        assert process.stdout is not None
+        assert process.stdout.readline().strip() == b"ready"
+    start = time.time() + 0.2
+    for process in processes:
+        assert process.stdin is not None
+        process.stdin.write(f"{start!r}\n".encode())
+        process.stdin.flush()
+    results = []
+    for process in processes:
+        out, _ = process.communicate(timeout=60)
+        assert process.returncode == 0
+        results.append(out.split()[-last:])
+    return results
+
+
+#: The fleet budget's floor in :func:`run_budget_workers` (retries a second).
+BUDGET_FLOOR = 5
+
+
+def _budget_worker(url: str, prefix: str, calls: int) -> None:
+    import asyncio
+
+    import httpx
+
+    from resilience import (
+        ExponentialBackoff,
+        Pipeline,
+        RedisStore,
+        ResilientTransport,
+        Retry,
+        RetryBudget,
+    )
+
+    async def main() -> tuple[int, float]:
+        store = RedisStore(url=url, prefix=prefix, timeout=1.0)
+        await store.update_budget("warmup", 0.0, calls=0, take=False, ratio=0.0, floor=0.0)
+        sent = [0]
+
+        def fail(request: httpx.Request) -> httpx.Response:
+            sent[0] += 1
+            return httpx.Response(503)
+
+        budget = RetryBudget(ratio=0.0, min_per_second=BUDGET_FLOOR, store=store, key="fleet")
+        retry = Retry(max_attempts=4, backoff=ExponentialBackoff(initial=0.0), budget=budget)
+        pipeline = Pipeline([retry], telemetry=False, raise_on_failure=False)
+        transport = ResilientTransport(pipeline, inner=httpx.MockTransport(fail))
+        print("ready", flush=True)
+        start = float(sys.stdin.readline())
+        async with httpx.AsyncClient(transport=transport) as client:
+            await asyncio.sleep(max(0.0, start - time.time()))
+            began = time.monotonic()
+            for _ in range(calls):
+                await client.get("https://vendor.test/v1/x")
+            span = time.monotonic() - began
+        await store.aclose()
+        assert store.fallback_calls == 0
+        return sent[0] - calls, span
+
+    print(*asyncio.run(main()))
+
+
+def run_breaker_workers(url: str, prefix: str, role: str, workers: int, calls: int) -> list[str]:
+    """Start ``workers`` processes of one shared breaker, each making ``calls``
+    calls to a vendor that fails (``role`` "fail") or answers (``role`` "ok"):
+    each one's "<sent> <rejected> <opened>" (its own circuit's openings)."""
+    return [
+        " ".join(word.decode() for word in words)
+        for words in _fleet(["breaker", url, prefix, role, str(calls)], workers, last=3)
+    ]
+
+
+def _breaker_worker(url: str, prefix: str, role: str, calls: int) -> None:
+    import asyncio
+
+    import httpx
+
+    from resilience import (
+        CircuitBreaker,
+        CircuitStateChanged,
+        Pipeline,
+        RedisStore,
+        ResilientTransport,
+    )
+    from resilience.errors import CircuitOpenError
+
+    async def main() -> tuple[int, int, int]:
+        store = RedisStore(url=url, prefix=prefix, timeout=1.0)
+        await store.update_budget("warmup", 0.0, calls=0, take=False, ratio=0.0, floor=0.0)
+        sent = [0]
+
+        def vendor(request: httpx.Request) -> httpx.Response:
+            sent[0] += 1
+            return httpx.Response(503 if role == "fail" else 200)
+
+        opened = []
+        breaker = CircuitBreaker(
+            store=store, consecutive_failures=3, minimum_calls=1000, break_duration=60.0
+        )
+        pipeline = Pipeline(
+            [breaker],
+            telemetry=False,
+            raise_on_failure=False,
+            hooks=[
+                lambda e: (
+                    opened.append(e)
+                    if isinstance(e, CircuitStateChanged) and e.new == "open"
+                    else None
+                )
+            ],
+        )
+        transport = ResilientTransport(pipeline, inner=httpx.MockTransport(vendor))
+        rejected = 0
+        print("ready", flush=True)
+        start = float(sys.stdin.readline())
+        async with httpx.AsyncClient(transport=transport) as client:
+            await asyncio.sleep(max(0.0, start - time.time()))
+            for _ in range(calls):
+                try:
+                    await client.get("https://vendor.test/v1/x")
+                except CircuitOpenError:
+                    rejected += 1
+        await store.aclose()
+        assert store.fallback_calls == 0
+        return sent[0], rejected, len(opened)
+
+    print(*asyncio.run(main()))
+
+
+if __name__ == "__main__" and sys.argv[1] == "breaker":
+    _breaker_worker(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]))
+elif __name__ == "__main__" and sys.argv[1] == "budget":
+    _budget_worker(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+elif __name__ == "__main__" and sys.argv[1] == "token":
     _token_worker(sys.argv[2], sys.argv[3], sys.argv[4], float(sys.argv[6]), float(sys.argv[7]))
 elif __name__ == "__main__":
     _worker(sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5]))

@@ -307,20 +307,22 @@ def test_idle_keys_are_dropped() -> None:
     assert store.take_slot_now("k9999", 9999.0, 0.5, 1, 0.0)[0] is False
 
 
-def test_memory_budget_deposits_refills_and_withdraws() -> None:
-    """A budget starts at ``initial``, earns deposits and refills up to capacity."""
+def test_memory_budget_keeps_the_per_second_rule() -> None:
+    """A budget window allows ``max(floor, ratio * calls)`` retries in any second."""
     store = MemoryStore(idle_after=100.0)
-    args = {"refill": 1.0, "capacity": 3.0, "initial": 1.0}
-    assert store.update_budget_now("b", 0.0, deposit=0.0, withdraw=True, **args) == (True, 0.0)
-    assert store.update_budget_now("b", 0.0, deposit=0.0, withdraw=True, **args) == (False, 0.0)
-    assert store.update_budget_now("b", 0.0, deposit=0.5, withdraw=False, **args) == (False, 0.5)
-    assert store.update_budget_now("b", 0.5, deposit=0.0, withdraw=True, **args) == (True, 0.0)
-    assert store.update_budget_now("b", 50.0, deposit=0.0, withdraw=False, **args) == (False, 3.0)
-    # Untouched for idle_after seconds, the bucket starts afresh.
-    assert store.update_budget_now("b", 200.0, deposit=0.0, withdraw=False, **args) == (
+    args: dict[str, float] = {"ratio": 0.5, "floor": 1.0}
+    assert store.update_budget_now("b", 0.0, calls=0, take=True, **args) is True
+    assert store.update_budget_now("b", 0.0, calls=0, take=True, **args) is False
+    # Six calls earn three retries in the same second (one already spent).
+    assert store.update_budget_now("b", 0.1, calls=6, take=False, **args) is False
+    assert [store.update_budget_now("b", 0.2, calls=0, take=True, **args) for _ in range(3)] == [
+        True,
+        True,
         False,
-        1.0,
-    )
+    ]
+    # A second later the window holds nothing: the floor again.
+    assert store.update_budget_now("b", 1.2, calls=0, take=True, **args) is True
+    assert store.update_budget_now("b", 1.2, calls=0, take=True, **args) is False
 
 
 @pytest.mark.anyio
@@ -329,9 +331,7 @@ async def test_memory_store_answers_the_protocol_asynchronously() -> None:
     store = MemoryStore()
     assert await store.take_slot("k", 0.0, 1.0, 1, 0.0) == (True, 0.0)
     assert await store.take_slot("k", 0.0, 1.0, 1, 0.0) == (False, 1.0)
-    assert await store.update_budget(
-        "b", 0.0, deposit=0.0, withdraw=True, refill=0.0, capacity=5.0, initial=2.0
-    ) == (True, 1.0)
+    assert await store.update_budget("b", 0.0, calls=1, take=True, ratio=0.0, floor=1.0)
 
 
 @pytest.mark.anyio

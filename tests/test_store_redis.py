@@ -119,35 +119,34 @@ async def test_the_layer_uses_the_shared_store(redis_server: Any) -> None:
 
 
 async def test_budgets_are_shared_and_atomic(redis_server: Any) -> None:
-    """A budget's tokens are spent once, whichever store withdraws them."""
+    """A budget window's retries are taken once, whichever store takes them."""
     a = RedisStore(url=redis_server.url, prefix="app")
     b = RedisStore(url=redis_server.url, prefix="app")
-    args: dict[str, Any] = {"refill": 0.0, "capacity": 10.0, "initial": 2.0}
+    args: dict[str, Any] = {"ratio": 0.5, "floor": 1.0}
     try:
-        assert await a.update_budget("b", 0.0, deposit=0.0, withdraw=True, **args) == (True, 1.0)
-        assert await b.update_budget("b", 0.0, deposit=0.0, withdraw=True, **args) == (True, 0.0)
-        assert await a.update_budget("b", 0.0, deposit=0.0, withdraw=True, **args) == (False, 0.0)
-        assert await b.update_budget("b", 0.0, deposit=0.5, withdraw=False, **args) == (
+        assert await a.update_budget("b", 0.0, calls=0, take=True, **args)
+        assert not await b.update_budget("b", 0.0, calls=0, take=True, **args)
+        # Six calls counted by one store earn the other three retries in all.
+        assert not await b.update_budget("b", 0.0, calls=6, take=False, **args)
+        assert [await a.update_budget("b", 0.0, calls=0, take=True, **args) for _ in range(3)] == [
+            True,
+            True,
             False,
-            0.5,
-        )
-        assert await a.update_budget("b", 0.0, deposit=0.5, withdraw=True, **args) == (True, 0.0)
+        ]
     finally:
         await a.aclose()
         await b.aclose()
 
 
 async def test_keys_carry_a_ttl_and_the_prefix(store: RedisStore, redis_server: Any) -> None:
-    """A slot's key lives until its limit is whole again, plus a second; a budget's
-    for ``budget_ttl``."""
+    """A slot's key lives until its limit is whole again, plus a second; a budget
+    window's for 2 s (its state is one second deep)."""
     await store.take_slot("k", 0.0, 0.5, 1, 0.0)
-    await store.update_budget(
-        "b", 0.0, deposit=1.0, withdraw=False, refill=1.0, capacity=5.0, initial=1.0
-    )
+    await store.update_budget("b", 0.0, calls=1, take=False, ratio=0.2, floor=1.0)
     slot_ttl = int(redis_server.command(b"PTTL", b"app:rl:k")[1:])
     budget_ttl = int(redis_server.command(b"PTTL", b"app:rb:b")[1:])
     assert 1000 < slot_ttl <= 1500
-    assert 590_000 < budget_ttl <= 600_000
+    assert 1000 < budget_ttl <= 2000
     assert redis_server.command(b"DBSIZE") == b":2"
 
 
@@ -179,9 +178,7 @@ async def test_redis_killed_mid_run_keeps_serving_then_resynchronises(
         # Every call is answered, from local state, by the one process's own limit.
         assert await store.take_slot("k", 100.0, 60.0, 1, 0.0) == (True, 0.0)
         assert await store.take_slot("k", 100.0, 60.0, 1, 0.0) == (False, 60.0)
-        assert await store.update_budget(
-            "b", 100.0, deposit=0.0, withdraw=True, refill=0.0, capacity=5.0, initial=1.0
-        ) == (True, 0.0)
+        assert await store.update_budget("b", 100.0, calls=1, take=True, ratio=0.0, floor=1.0)
         assert not store.available
         assert store.outages == 1
         assert store.fallback_calls == 3
