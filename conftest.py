@@ -1,6 +1,9 @@
-"""Every async test runs under asyncio and under trio."""
+"""Every async test runs under asyncio and under trio; `redis_server` starts a real Redis."""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -21,3 +24,44 @@ def _hypothesis_profile() -> None:
 
 
 _hypothesis_profile()
+
+
+@pytest.fixture
+def redis_server() -> Iterator[Any]:
+    """A fresh ``redis-server`` on loopback (``tests/_redis.py``), stopped afterwards.
+
+    Skipped with a message saying how to install it when the binary is missing,
+    except under ``CI=true``, where a missing server fails the test.
+    """
+    helper = _redis_helper()
+    binary = helper.find_server()
+    if binary is None:
+        must, message = helper.missing_server_message()
+        if must:
+            pytest.fail(message)
+        pytest.skip(message)
+    server = helper.RedisServer(binary)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _redis_helper() -> Any:
+    # The tests run with --import-mode=importlib: load the helper by its path.
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    module = sys.modules.get("_redis_helper")
+    if module is None:
+        spec = importlib.util.spec_from_file_location(
+            "_redis_helper", Path(__file__).parent / "tests" / "_redis.py"
+        )
+        assert spec is not None
+        assert spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["_redis_helper"] = module
+        spec.loader.exec_module(module)
+    return module

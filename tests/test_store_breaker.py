@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,23 +45,6 @@ KEY = b"app:cb:https://vendor.test:443"
 def anyio_backend() -> str:
     """redis-py's asyncio client needs asyncio (trio's refusal is tested elsewhere)."""
     return "asyncio"
-
-
-@pytest.fixture
-def redis_server() -> Iterator[Any]:
-    """A fresh redis-server on loopback; skipped (failed under CI=true) when missing."""
-    binary = helper.find_server()
-    if binary is None:
-        must, message = helper.missing_server_message()
-        if must:
-            pytest.fail(message)
-        pytest.skip(message)
-    server = helper.RedisServer(binary)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 class Vendor:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -142,23 +141,6 @@ def test_the_store_must_be_a_state_store() -> None:
 
 
 # -- a real Redis ----------------------------------------------------------------------
-
-
-@pytest.fixture
-def redis_server() -> Iterator[Any]:
-    """A fresh redis-server on loopback; skipped (failed under CI=true) when missing."""
-    binary = helper.find_server()
-    if binary is None:
-        must, message = helper.missing_server_message()
-        if must:
-            pytest.fail(message)
-        pytest.skip(message)
-    server = helper.RedisServer(binary)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])

@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import importlib.util
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -222,23 +222,6 @@ async def test_the_store_must_be_a_state_store() -> None:
 
 
 # --- fleets on a real Redis ---------------------------------------------------------
-
-
-@pytest.fixture
-def redis_server() -> Iterator[Any]:
-    """A fresh redis-server on loopback; skipped (failed under CI=true) when missing."""
-    binary = helper.find_server()
-    if binary is None:
-        must, message = helper.missing_server_message()
-        if must:
-            pytest.fail(message)
-        pytest.skip(message)
-    server = helper.RedisServer(binary)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
