@@ -694,7 +694,9 @@ def _intro(settings: _Settings, plugins: Sequence[Any]) -> list[str]:
             if aggregators
             else "."
         )
-        + " The vendors' documented rate limits stay on; a 429 is never an injected fault.",
+        + " The vendors' documented rate limits stay on (the Tellus and Turris presets pace"
+        " themselves to them: a call waits for its slot rather than draw a 429); a 429 is"
+        " never an injected fault.",
     ]
     if settings.expire_tokens and settings.calls >= 2:
         paragraphs.append(

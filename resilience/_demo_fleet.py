@@ -5,10 +5,12 @@ command line and calls :func:`run_fleet`). The parent serves one vendor's
 simulator on loopback (real time: the workers are other processes), starts N
 worker processes (``python -m resilience._demo_fleet``), and reads back from the
 simulator what the fleet sent: the calls, the answers over the vendor's limit,
-and the token requests. Each worker calls the vendor's probe through
+the answers during an outage of the probe at the start of the run, and the
+token requests. Each worker calls the vendor's probe through
 ``standard_pipeline(vendor, rate_limits=<the plugin's>, store=RedisStore(...))``
-with a few concurrent callers, so the rate limit and the token are the fleet's,
-not each process's. Circuit breakers stay per process (said in the output).
+with a few concurrent callers, so the rate limit, the token, the retry budget and
+the circuit breaker are the fleet's, not each process's: the outage opens one
+breaker for all the workers, and one probe closes it for all.
 
 Like ``_demo.py``, it imports the test tooling, uvicorn and redis only inside
 the commands that need them.
@@ -17,24 +19,29 @@ the commands that need them.
 from __future__ import annotations
 
 import importlib
+import itertools
 import json
 import math
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import anyio
+import attrs
 
 __all__ = ["run_fleet"]
 
 #: The simulator's token life in the fleet demo: short, so a run of a few seconds
 #: sees several expiries (the Tellus preset refreshes it at half its life).
 TOKEN_TTL = 4.0
-#: Concurrent callers in each worker.
-CALLERS = 2
+#: Concurrent callers in each worker: enough that the outage's first attempts and
+#: their retries reach the breakers' 10 failures in a row within a second or so.
+CALLERS = 4
+#: Seconds the probe is down from the common start (at most half the run).
+OUTAGE = 1.5
 #: Seconds of arrival jitter forgiven when the simulator's window is measured.
 _TIMING_SLACK = 0.05
 #: Seconds between the last worker saying it is ready and the common start.
@@ -93,7 +100,7 @@ async def _fleet(
     plugin: Any, workers: int, redis_url: str, seconds: float
 ) -> dict[str, Any] | None:
     from ._demo_credentials import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET
-    from .testing import FaultPlan, serve
+    from .testing import FaultPlan, Outage, serve
 
     app = plugin.simulator(
         plan=FaultPlan(token_ttl=TOKEN_TTL),
@@ -113,8 +120,16 @@ async def _fleet(
             prefix,
             repr(seconds),
         ]
-        outcomes = await anyio.to_thread.run_sync(_spawn, command, workers, seconds)
-    reports = []
+        outage = min(OUTAGE, seconds / 2)
+
+        def begin(start: float) -> None:
+            # The outage starts at the workers' common start, on the simulator's clock.
+            at = max(0.0, app.elapsed() + start - time.time())
+            down = Outage(start=at, duration=outage, path=plugin.probe)
+            app.plan = attrs.evolve(app.plan, outages=(down,))
+
+        outcomes = await anyio.to_thread.run_sync(_spawn, command, workers, seconds, begin)
+    reports: list[dict[str, Any]] = []
     for returncode, out, err in outcomes:
         if returncode != 0:
             print(
@@ -131,6 +146,13 @@ async def _fleet(
         limiter = next(
             (x for x in limits(DEMO_CLIENT_ID) if x.methods is None or "GET" in x.methods), None
         )
+    calls = {r.query for r in api}
+    for report in reports:
+        # The tag is "call=<pid>-<caller>-<n>": this worker's requests the outage failed.
+        mine = f"call={report['pid']}-"
+        report["outage_answers"] = sum(
+            1 for r in api if r.fault == "outage" and r.query.startswith(mine)
+        )
     window = (max(r.at for r in api) - min(r.at for r in api)) if api else 0.0
     return {
         "vendor": plugin.name,
@@ -141,6 +163,10 @@ async def _fleet(
         "prefix": prefix,
         "per_worker": reports,
         "sent": len(api),
+        "calls": len(calls),
+        "outage": outage,
+        "outage_answers": sum(1 for r in api if r.fault == "outage"),
+        "breaker_opened": sum(w["opened"] for w in reports),
         "window": window,
         "over_limit_answers": sum(1 for r in api if r.fault == "rate_limit"),
         "token_requests": sum(1 for r in received if r.token_request),
@@ -153,6 +179,7 @@ async def _fleet(
             "per": limiter.per,
             "burst": limiter.burst,
             # GCRA's bound over a span, with the network's timing forgiven.
+            # It counts calls (each takes one slot), not their retries.
             "bound": limiter.burst
             + math.floor((window + _TIMING_SLACK) * limiter.rate / limiter.per),
         },
@@ -160,7 +187,9 @@ async def _fleet(
     }
 
 
-def _spawn(command: list[str], workers: int, seconds: float) -> list[tuple[int, bytes, bytes]]:
+def _spawn(
+    command: list[str], workers: int, seconds: float, begin: Callable[[float], None]
+) -> list[tuple[int, bytes, bytes]]:
     """Run ``workers`` copies of ``command`` at once: each one's status, stdout, stderr."""
     processes = [
         subprocess.Popen(
@@ -174,6 +203,7 @@ def _spawn(command: list[str], workers: int, seconds: float) -> list[tuple[int, 
         assert process.stdout is not None
         process.stdout.readline()
     start = time.time() + _START_SLACK
+    begin(start)
     for process in processes:
         assert process.stdin is not None
         try:
@@ -200,18 +230,26 @@ def _report(result: dict[str, Any]) -> list[str]:
     lines = [
         f"Fleet: {workers} worker processes x {result['callers_per_worker']} callers for "
         f"{result['seconds']:g} s against the {result['vendor']} simulator, sharing the rate "
-        f"limit and the token in Redis at {result['redis']} (prefix {result['prefix']}).",
+        f"limit, the token, the retry budget and the circuit breaker in Redis at "
+        f"{result['redis']} (prefix {result['prefix']}); the probe is down for the first "
+        f"{result['outage']:g} s.",
         "",
-        f"  {'worker':<8}{'calls sent':>12}{'tokens fetched':>16}{'Redis fallbacks':>17}",
+        f"  {'worker':<8}{'calls ended':>12}{'outage failures':>17}{'breaker opened':>16}"
+        f"{'tokens fetched':>16}{'Redis fallbacks':>17}",
     ]
     for index, worker in enumerate(result["per_worker"], 1):
         lines.append(
-            f"  {index:<8}{worker['ok'] + worker['failed']:>12}{worker['fetched']:>16}"
-            f"{worker['fallback_calls']:>17}"
+            f"  {index:<8}{worker['ok'] + worker['failed']:>12}{worker['outage_answers']:>17}"
+            f"{worker['opened']:>16}"
+            f"{worker['fetched']:>16}{worker['fallback_calls']:>17}"
         )
     fetched = sum(w["fetched"] for w in result["per_worker"])
+    done = sum(w["ok"] + w["failed"] for w in result["per_worker"])
+    most = max((w["outage_answers"] for w in result["per_worker"]), default=0)
     lines.append(
-        f"  {'fleet':<8}{result['sent']:>12}{fetched:>16}{result['redis_fallback_calls']:>17}"
+        f"  {'fleet':<8}{done:>12}{result['outage_answers']:>17}"
+        f"{result['breaker_opened']:>16}{fetched:>16}"
+        f"{result['redis_fallback_calls']:>17}"
     )
     lines.append("")
     limiter = result["limiter"]
@@ -221,8 +259,9 @@ def _report(result: dict[str, Any]) -> list[str]:
         lines.append(
             f"Rate limit: {limiter['name']} ({limiter['burst']} at once, then "
             f"{limiter['rate']:g} per {limiter['per']:g} s, per client id) held across the "
-            f"{workers} processes: the fleet sent {result['sent']} calls in "
-            f"{result['window']:.1f} s (at most {limiter['bound']} allowed), and the simulator "
+            f"{workers} processes: the fleet sent {result['calls']} calls in "
+            f"{result['window']:.1f} s (at most {limiter['bound']} allowed; "
+            f"{result['sent']} requests with the retries), and the simulator "
             f"answered {result['over_limit_answers']} of them over its limit."
         )
     refresh = TOKEN_TTL / 2
@@ -234,8 +273,12 @@ def _report(result: dict[str, Any]) -> list[str]:
         f"own would have made about {expiries * workers}."
     )
     lines.append(
-        "Circuit breakers are per process: each worker's breaker learns of an outage on "
-        "its own (only the rate limit and the token are shared)."
+        f"Breaker: shared. The probe's {result['outage']:g} s outage drew "
+        f"{result['outage_answers']} failed requests from the whole fleet (at most "
+        f"{most} from one worker): the breaker opens on 10 failures in a row counted across "
+        f"all the workers, so it opened once for the fleet, each worker that called during "
+        f"the break followed it ({result['breaker_opened']} worker(s)), and a successful "
+        "probe closed it for all."
     )
     return lines
 
@@ -244,17 +287,26 @@ def _worker(vendor: str, base_url: str, redis_url: str, prefix: str, seconds: fl
     import httpx
 
     from ._demo_credentials import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET
-    from ._events import TokenRefreshed
+    from ._events import CircuitStateChanged, TokenRefreshed
     from ._loader import load_plugin
     from ._presets import standard_pipeline
     from ._redis_store import RedisStore
     from ._transport import ResilientTransport
+    from .errors import ResilienceError
 
     plugin = load_plugin(vendor)
 
     async def main() -> dict[str, int]:
         store = RedisStore(url=redis_url, prefix=prefix, timeout=0.5)
         fetched: list[object] = []
+        opened: list[object] = []
+
+        def hook(event: object) -> None:
+            if isinstance(event, TokenRefreshed):
+                fetched.append(event)
+            elif isinstance(event, CircuitStateChanged) and event.old == "closed":
+                opened.append(event)
+
         limits = rate_limits_of(plugin)
         provider = plugin.token_provider(
             client_id=DEMO_CLIENT_ID, client_secret=DEMO_CLIENT_SECRET, base_url=base_url
@@ -266,7 +318,7 @@ def _worker(vendor: str, base_url: str, redis_url: str, prefix: str, seconds: fl
             store=store,
             telemetry=False,
             raise_on_failure=False,
-            hooks=[lambda e: fetched.append(e) if isinstance(e, TokenRefreshed) else None],
+            hooks=[hook],
         )
         counts = {"ok": 0, "failed": 0}
         transport = ResilientTransport(pipeline, inner=httpx.AsyncHTTPTransport())
@@ -275,18 +327,30 @@ def _worker(vendor: str, base_url: str, redis_url: str, prefix: str, seconds: fl
             line = await anyio.to_thread.run_sync(sys.stdin.readline)
             await anyio.sleep(max(0.0, float(line) - time.time()))
 
-            async def caller() -> None:
-                while True:
-                    response = await client.get(plugin.probe)
+            async def caller(index: int) -> None:
+                # Each call carries its own id: the simulator tells calls from retries.
+                for n in itertools.count():
+                    tag = {"call": f"{os.getpid()}-{index}-{n}"}
+                    try:
+                        response = await client.get(plugin.probe, params=tag)
+                    except ResilienceError:  # e.g. the shared breaker's probe is busy
+                        counts["failed"] += 1
+                        continue
                     counts["ok" if response.status_code < 400 else "failed"] += 1
 
             # Callers waiting for a slot at the end give it up, unused.
             with anyio.move_on_after(seconds):
                 async with anyio.create_task_group() as group:
-                    for _ in range(CALLERS):
-                        group.start_soon(caller)
+                    for index in range(CALLERS):
+                        group.start_soon(caller, index)
         await store.aclose()
-        return {**counts, "fetched": len(fetched), "fallback_calls": store.fallback_calls}
+        return {
+            **counts,
+            "fetched": len(fetched),
+            "opened": len(opened),
+            "pid": os.getpid(),
+            "fallback_calls": store.fallback_calls,
+        }
 
     print(json.dumps(anyio.run(main)))
 

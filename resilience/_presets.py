@@ -130,12 +130,15 @@ class PresetSettings:
     )
     """A partial-failure splitter layer, placed just inside the total timeout."""
     rate_limits: tuple[RateLimiter, ...] = attrs.field(default=(), converter=_rate_limits)
-    """Client-side rate limits, placed just inside the total timeout (default: none;
-    a plugin's ``rate_limits(client_id)`` gives the vendor's documented ones)."""
+    """Client-side rate limits, placed just inside the total timeout (the generic
+    preset: none; the Tellus and Turris presets: the vendor's documented ones, per
+    host; ``rate_limits(client_id)`` keys them by client id, ``()`` turns them off)."""
     store: StateStore | None = attrs.field(default=None, validator=_store_ok)
-    """A shared state store (``RedisStore``) handed to the layers that take one: the
-    rate limits that have none of their own and ``AuthRefresh`` (one token per
-    expiry for a fleet). Circuit breakers and the retry budget stay per process."""
+    """A shared state store (``RedisStore``) put behind every shared piece that has
+    none of its own: the rate limits, ``AuthRefresh`` (one token per expiry for a
+    fleet), the retry budget (keyed by the pipeline's name) and the circuit
+    breaker. A ``MemoryStore`` cannot hold a breaker: the breaker then stays per
+    process."""
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> tuple[PresetSettings, dict[str, Any]]:
         """These settings with ``overrides`` applied, and the ``Pipeline`` keywords.
@@ -153,6 +156,29 @@ class PresetSettings:
         mine = {k: val for k, val in overrides.items() if k in fields}
         rest = {k: val for k, val in overrides.items() if k in PIPELINE_KEYWORDS}
         return attrs.evolve(self, **mine), rest
+
+    def shared(self, store: StateStore, budget_key: str) -> PresetSettings:
+        """These settings with ``store`` behind the budget and the breaker.
+
+        A budget or breaker that names its own store keeps it. The breaker takes
+        only a store that can hold a breaker (``RedisStore``): with a
+        ``MemoryStore`` it stays per process, as without a store.
+        """
+        changes: dict[str, Any] = {}
+        budget = self.budget
+        if budget is not None and budget.store is None:
+            # The key keeps two vendors' budgets apart in one store; a key the
+            # user chose is kept.
+            key = budget_key if budget.key == "default" else budget.key
+            changes["budget"] = attrs.evolve(budget, store=store, key=key)
+        breaker = self.breaker
+        if (
+            isinstance(breaker, CircuitBreaker)
+            and breaker.store is None
+            and callable(getattr(store, "breaker_record", None))
+        ):
+            changes["breaker"] = attrs.evolve(breaker, store=store)
+        return attrs.evolve(self, **changes) if changes else self
 
     def retry_layer(self) -> Retry:
         """The ``Retry`` layer these settings describe."""
@@ -195,6 +221,8 @@ class PresetSettings:
         if settings.total_timeout is not None:
             layers.append(Timeout(total=settings.total_timeout))
         store = settings.store
+        if store is not None:
+            settings = settings.shared(store, _budget_key(classifier, pipeline_options))
         for limiter in settings.rate_limits:
             if store is not None and limiter.store is None:
                 limiter = attrs.evolve(limiter, store=store)
@@ -209,6 +237,16 @@ class PresetSettings:
         if settings.attempt_timeout is not None:
             layers.append(Timeout(attempt=settings.attempt_timeout))
         return Pipeline(layers, classifier=classifier, clock=clock, **pipeline_options)
+
+
+def _budget_key(classifier: str | Classifier, options: Mapping[str, Any]) -> str:
+    """The budget's key in a shared store: the pipeline's name, else the vendor."""
+    name = options.get("name")
+    if isinstance(name, str) and name:
+        return name
+    if isinstance(classifier, str):
+        return classifier
+    return str(getattr(classifier, "vendor", "http"))
 
 
 HTTP_PRESET = PresetSettings(
@@ -268,8 +306,10 @@ def standard_pipeline(
         clock: the clock (``VirtualClock()`` in tests).
         **overrides: preset settings (``max_attempts``, ``backoff``, ``total_timeout``,
             ``attempt_timeout``, ``breaker``, ``budget``, ``retry``, ``auth_skew``,
-            ``rate_limits`` (opt-in: e.g. ``resilience_tellus.rate_limits(client_id)``),
-            ``store`` (a ``RedisStore`` shared by the rate limits and the token),
+            ``rate_limits`` (the vendor's documented limits by default in the
+            Tellus and Turris presets; ``()`` turns them off), ``store`` (a
+            ``RedisStore`` behind the rate limits, the token, the retry budget
+            and the breaker),
             ...; see :class:`PresetSettings`) and ``Pipeline`` keywords (``hooks``,
             ``raise_on_failure``, ``telemetry``, ``tracer_provider``,
             ``meter_provider``, ``name`` (default: the vendor's name),

@@ -12,10 +12,14 @@ import resilience_turris
 
 from resilience import (
     AuthRefresh,
+    CircuitBreaker,
+    ExponentialBackoff,
     MemoryStore,
     OAuth2ClientCredentials,
     RateLimiter,
     ResilientTransport,
+    Retry,
+    RetryBudget,
     Timeout,
     TokenRefreshed,
     standard_pipeline,
@@ -73,14 +77,55 @@ async def test_rate_limits_sit_just_inside_the_total_timeout() -> None:
     assert isinstance(pipeline.layers[0], Timeout)
 
 
-async def test_no_rate_limit_unless_asked() -> None:
-    """The presets alone limit nothing: 30 queries in an instant all go."""
-    pipeline = standard_pipeline("tellus", clock=VirtualClock(), telemetry=False)
+async def test_tellus_preset_paces_queries_by_default() -> None:
+    """The Tellus preset alone holds the documented query limit: of 30 queries in
+    an instant, 10 go at once and the rest wait for their slot (1.2 s apart),
+    none refused and none answered 429."""
+    clock = VirtualClock()
+    pipeline = standard_pipeline("tellus", clock=clock, telemetry=False)
+    sent: list[float] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(clock.now())
+        return reply(200, json={})
+
+    transport = ResilientTransport(pipeline, inner=httpx.MockTransport(handler))
+    async with httpx.AsyncClient(base_url=API, transport=transport) as c:
+        for _ in range(30):
+            assert (await c.get("/v1/sites")).status_code == 200
+    assert len(sent) == 30
+    assert sent[9] == sent[0]
+    assert sent[29] - sent[0] == pytest.approx(20 * 1.2)
+
+
+async def test_tellus_and_turris_presets_use_the_documented_limits() -> None:
+    """By default Tellus limits queries and control calls apart, Turris writes."""
+    tellus = standard_pipeline("tellus", telemetry=False)
+    turris = standard_pipeline("turris", telemetry=False)
+    names = [getattr(layer, "name", None) for layer in tellus.layers]
+    assert "tellus-queries" in names and "tellus-control" in names
+    assert [layer.name for layer in turris.layers if isinstance(layer, RateLimiter)] == [
+        "turris-writes"
+    ]
+
+
+async def test_rate_limits_off_with_an_empty_tuple() -> None:
+    """``rate_limits=()`` turns the default limits off: 30 queries in an instant
+    all go at once."""
+    clock = VirtualClock()
+    pipeline = standard_pipeline("tellus", rate_limits=(), clock=clock, telemetry=False)
     sent: list[str] = []
     async with client(pipeline, sent) as c:
         for _ in range(30):
             await c.get("/v1/sites")
     assert len(sent) == 30
+    assert clock.now() == 0
+    assert not any(isinstance(layer, RateLimiter) for layer in pipeline.layers)
+
+
+async def test_generic_preset_has_no_rate_limit() -> None:
+    """The generic ``"http"`` preset documents no limit, so it sets none."""
+    pipeline = standard_pipeline("http", telemetry=False)
     assert not any(isinstance(layer, RateLimiter) for layer in pipeline.layers)
 
 
@@ -140,3 +185,76 @@ async def test_bad_rate_limits_or_store_name_the_argument(
     """A wrong rate_limits or store fails at construction, naming it."""
     with pytest.raises(ConfigurationError, match=name):
         standard_pipeline("http", **override)
+
+
+def _layer(pipeline: Any, kind: type) -> Any:
+    """The pipeline's one layer of type ``kind``."""
+    (found,) = [layer for layer in pipeline.layers if isinstance(layer, kind)]
+    return found
+
+
+async def test_memory_store_shares_the_budget_and_keeps_the_breaker_local() -> None:
+    """``store=MemoryStore()`` goes behind the retry budget (keyed by the pipeline's
+    name, so two vendors keep apart) but not the breaker, which a MemoryStore
+    cannot share: it stays per process."""
+    store = MemoryStore()
+    tellus = standard_pipeline("tellus", store=store, telemetry=False)
+    named = standard_pipeline("turris", store=store, name="billing", telemetry=False)
+    assert _layer(tellus, Retry).budget.store is store
+    assert _layer(tellus, Retry).budget.key == "tellus"
+    assert _layer(named, Retry).budget.key == "billing"
+    assert _layer(tellus, CircuitBreaker).store is None
+    assert all(
+        limiter.store is store for limiter in tellus.layers if isinstance(limiter, RateLimiter)
+    )
+
+
+async def test_a_budget_with_its_own_key_or_store_keeps_them() -> None:
+    """A budget naming its own key keeps it; one with its own store keeps that."""
+    store, own = MemoryStore(), MemoryStore()
+    keyed = standard_pipeline("http", store=store, budget=RetryBudget(key="mine"), telemetry=False)
+    owned = standard_pipeline("http", store=store, budget=RetryBudget(store=own), telemetry=False)
+    assert _layer(keyed, Retry).budget.key == "mine"
+    assert _layer(keyed, Retry).budget.store is store
+    assert _layer(owned, Retry).budget.store is own
+
+
+async def test_a_shared_budget_is_spent_by_both_pipelines() -> None:
+    """Two pipelines on one store spend one retry budget: once the first spent
+    it on a failing backend, the second's failure is not retried."""
+    store, clock = MemoryStore(), VirtualClock()
+    budget = RetryBudget(ratio=0.0, min_per_second=1.0)
+    backoff = ExponentialBackoff(initial=0.01, multiplier=1.0, jitter="none")
+    pipelines = [
+        standard_pipeline(
+            "http",
+            store=store,
+            budget=budget,
+            backoff=backoff,
+            max_attempts=2,
+            breaker=None,
+            hold=None,
+            clock=clock,
+            telemetry=False,
+            raise_on_failure=False,
+        )
+        for _ in range(2)
+    ]
+    sent: list[str] = []
+
+    def failing(request: httpx.Request) -> httpx.Response:
+        sent.append(request.method)
+        return reply(503)
+
+    clients = [
+        httpx.AsyncClient(
+            base_url=API, transport=ResilientTransport(p, inner=httpx.MockTransport(failing))
+        )
+        for p in pipelines
+    ]
+    async with clients[0] as a, clients[1] as b:
+        await a.get("/x")
+        first = len(sent)
+        await b.get("/x")
+    assert first == 2  # the first call and the one retry the budget allows
+    assert len(sent) == 3  # the second pipeline found the budget spent

@@ -141,7 +141,9 @@ async def test_burst_through_the_preset() -> None:
     assert any(
         call in keyed and per_call[call][-1].status in (200, 201) for call in map(_call_of, limited)
     ), "no keyed write got through after waiting for the limit to reset"
-    assert any(s > 10 and s.is_integer() for s in clock.sleeps), clock.sleeps
+    # The preset paces its writes, so the few 429s come from retries (the limiter
+    # paces calls, not attempts); their X-RateLimit-Reset (whole seconds) was waited.
+    assert any(s >= 1 and s.is_integer() for s in clock.sleeps), clock.sleeps
     assert sim.tokens_issued == 1
 
 

@@ -13,10 +13,12 @@
   server is back; a long one gets a probe every 30 s); calls that meet it open
   are held until a probe succeeds, then released in a ramp;
 * 15 s per attempt, 120 s per call (room for one full rate-limit window).
-* no client-side rate limit unless asked: the vendor's documented limits are
-  ``standard_pipeline("tellus", rate_limits=rate_limits("my-client-id"))`` (just inside
-  the total timeout; add ``store=RedisStore(...)`` to share them, and the token,
-  across a fleet).
+* the documented rate limits, by default (60 queries and 30 control calls a minute, apart; see
+  ``rate_limits``), just inside the total timeout: a call waits for its slot (up
+  to 60 s) rather than draw a 429. They are kept per host; key them by client id
+  with ``rate_limits=rate_limits("my-client-id")``, or turn them off with
+  ``rate_limits=()``. ``store=RedisStore(...)`` shares them, the token, the
+  retry budget and the breaker across a fleet.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from resilience import (
 )
 
 from ._classifier import TellusClassifier
+from ._rate_limits import rate_limits
 
 __all__ = ["TELLUS_PRESET", "preset"]
 
@@ -53,6 +56,7 @@ TELLUS_PRESET = PresetSettings(
         max_break_duration=30.0,
         break_growth=0.1,
     ),
+    rate_limits=rate_limits(),
     auth_skew=60.0,
 )
 """The settings behind :func:`preset`; ``standard_pipeline`` overrides apply on top."""
