@@ -33,7 +33,7 @@ from ._bodies import (
     aclose_quietly,
     buffer_response,
 )
-from ._classifier import HTTP_CLASSIFIER, Classifier, classify_error
+from ._classifier import Classifier, classify_error, safe_classify
 from ._clock import Clock
 from ._report import CallReport
 from ._verdict import Action, Verdict, verdict_fault
@@ -230,20 +230,14 @@ class Call:
         ``breaker_failure`` that is no bool) is logged (by name) and the generic
         status-code reading is used instead.
         """
-        classifier = self.env.classifier
-        try:
-            verdict = classifier.classify(request, response, error)
-            fault = verdict_fault(verdict)
-            if fault is not None:
-                raise TypeError(fault)
-        except Exception as exc:
-            logger.warning(
-                "resilience classifier %r raised %s: %s; using the status-code reading",
-                getattr(classifier, "vendor", type(classifier).__name__),
-                type(exc).__name__,
-                exc,
-            )
-            verdict = HTTP_CLASSIFIER.classify(request, response, error)
+        verdict = safe_classify(
+            self.env.classifier.classify,
+            request,
+            response,
+            error,
+            vendor=self.env.vendor,
+            fallback_vendor="http",
+        )
         self.report.verdicts.append(verdict)
         return verdict
 

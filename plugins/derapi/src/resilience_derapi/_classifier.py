@@ -16,7 +16,6 @@ It never raises: any surprise falls back to the HTTP status.
 from __future__ import annotations
 
 import contextlib
-import logging
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -40,6 +39,7 @@ from resilience import (
     render_json,
     report_of,
     retry_after_of,
+    safe_classify,
 )
 from resilience.errors import ConfigurationError
 
@@ -55,7 +55,6 @@ __all__ = [
     "type_uri",
 ]
 
-logger = logging.getLogger("resilience")
 
 VENDOR = "derapi"
 
@@ -358,23 +357,19 @@ class DerapiClassifier:
         response: httpx.Response | None,
         error: BaseException | None,
     ) -> Verdict:
-        """The verdict of one attempt; never raises."""
-        try:
-            if response is None:
-                return classify_error(VENDOR, error if error is not None else Exception())
-            return self._classify_response(request, response)
-        except Exception as exc:
-            logger.warning(
-                "resilience classifier 'derapi' failed (%s: %s); using the status-code reading",
-                type(exc).__name__,
-                exc,
-            )
-            try:
-                if response is not None:
-                    return classify_status(VENDOR, response)
-                return classify_error(VENDOR, error if error is not None else Exception())
-            except Exception:  # pragma: no cover - a broken response object
-                return Verdict(Action.RETRY, problem=Problem(vendor=VENDOR))
+        """The verdict of one attempt; never raises (the core's status-code reading
+        stands in for a failure)."""
+        return safe_classify(self._classify, request, response, error, vendor=VENDOR)
+
+    def _classify(
+        self,
+        request: httpx.Request,
+        response: httpx.Response | None,
+        error: BaseException | None,
+    ) -> Verdict:
+        if response is None:
+            return classify_error(VENDOR, error if error is not None else Exception())
+        return self._classify_response(request, response)
 
     def _classify_response(self, request: httpx.Request, response: httpx.Response) -> Verdict:
         status = response.status_code
