@@ -931,14 +931,14 @@ def _serve(plugins: Sequence[Any], rate: float, seed: int, port: int) -> int:
                 thread.start()
             deadline = time.monotonic() + 10
             while not all(s.started for s in servers):
+                # stop.wait: the poll's pause, cut short by Ctrl-C or SIGTERM.
                 if (
-                    stop.is_set()
+                    stop.wait(0.01)
                     or time.monotonic() > deadline
                     or not all(t.is_alive() for t in threads)
                 ):
                     print("resilience demo: a simulator failed to start", file=sys.stderr)
                     return 1
-                time.sleep(0.01)
             _print_serving(plugins, rate, seed, port)
             while not stop.wait(0.2):
                 if not all(t.is_alive() for t in threads):
