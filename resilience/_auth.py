@@ -49,6 +49,7 @@ from ._classifier import (
     retry_after_of,
 )
 from ._events import TokenRefreshed
+from ._http import body_replayable
 from ._layer import Call, CallNext, Outcome, PipelineEnv
 from ._secret import Secret, mentions, scrub_problem
 from ._shared_token import DEFAULT_FETCH_TIME, SharedToken
@@ -376,7 +377,7 @@ class _AuthHandler:
             # failure): a second rejection is final, not another fetch.
             self._rejected_again(request, outcome)
             return outcome
-        if not _body_replayable(request):
+        if not body_replayable(request):
             # This request cannot go again, but the next one should not fail too.
             await self._obtain(request, call, generation)
             return outcome
@@ -783,13 +784,3 @@ def _request_host(exc: BaseException) -> str:
         except RuntimeError:  # raised without a request
             pass
     return "the token endpoint"
-
-
-def _body_replayable(request: httpx.Request) -> bool:
-    if isinstance(request.stream, httpx.ByteStream):
-        return True
-    try:
-        request.content  # noqa: B018 - raises when the body was never read
-    except httpx.RequestNotRead:
-        return False
-    return True

@@ -34,7 +34,7 @@ import attrs
 import httpx
 
 from . import _validate as v
-from ._http import IDEMPOTENT_METHODS, is_idempotent
+from ._http import IDEMPOTENT_METHODS, body_replayable, is_idempotent
 from ._layer import Call, CallNext, Outcome, PipelineEnv
 from ._layer_events import HedgeSent
 from ._verdict import Action, Problem, Verdict
@@ -99,15 +99,7 @@ class Hedge:
 
     def may_hedge(self, request: httpx.Request) -> bool:
         """Whether ``request`` may be sent more than once (idempotent, body replayable)."""
-        if not is_idempotent(request, self.idempotent_methods):
-            return False
-        if isinstance(request.stream, httpx.ByteStream):
-            return True
-        try:
-            request.content  # noqa: B018 - raises when the body was never read
-        except httpx.RequestNotRead:
-            return False
-        return True
+        return is_idempotent(request, self.idempotent_methods) and body_replayable(request)
 
 
 class _Latencies:

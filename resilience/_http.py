@@ -20,6 +20,7 @@ __all__ = [
     "IDEMPOTENCY_HEADERS",
     "IDEMPOTENT_METHODS",
     "MAX_HINT_SECONDS",
+    "body_replayable",
     "default_port",
     "is_idempotent",
 ]
@@ -57,6 +58,20 @@ def is_idempotent(request: httpx.Request, methods: Collection[str] = IDEMPOTENT_
     # Each value on its own: get() joins repeated headers with ", ", so two empty
     # keys would read as a non-empty one.
     return any(value.strip() for name in IDEMPOTENCY_HEADERS for value in headers.get_list(name))
+
+
+def body_replayable(request: httpx.Request) -> bool:
+    """Whether ``request``'s body can be sent again: in memory, or already read.
+
+    A streamed body that was never read cannot: replaying it would send nothing.
+    """
+    if isinstance(request.stream, httpx.ByteStream):
+        return True
+    try:
+        request.content  # noqa: B018 - raises when the body was never read
+    except httpx.RequestNotRead:
+        return False
+    return True
 
 
 def default_port(url: httpx.URL) -> int | None:

@@ -38,7 +38,7 @@ from ._backoff import (
 )
 from ._events import CallHeld, CallReleased, RetryScheduled
 from ._hold import CANCELLED, PROBE, RECOVERED, Hold
-from ._http import IDEMPOTENT_METHODS, is_idempotent
+from ._http import IDEMPOTENT_METHODS, body_replayable, is_idempotent
 from ._layer import Call, CallNext, Outcome, PipelineEnv, RetryBudgetState
 from ._report import GaveUp
 from ._verdict import Action, Verdict
@@ -140,11 +140,8 @@ class Retry:
         """Why ``request`` must not be replayed, or ``None`` when it may be."""
         if not self.retry_non_idempotent and not is_idempotent(request, self.idempotent_methods):
             return GaveUp.NOT_IDEMPOTENT
-        if not isinstance(request.stream, httpx.ByteStream):
-            try:
-                request.content  # noqa: B018 - raises when the body was never read
-            except httpx.RequestNotRead:
-                return GaveUp.BODY_NOT_REPLAYABLE
+        if not body_replayable(request):
+            return GaveUp.BODY_NOT_REPLAYABLE
         return None
 
 
