@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextvars
 import math
 import types
-from collections.abc import Awaitable, Callable, Collection, Generator
+from collections.abc import Awaitable, Callable, Generator
 from typing import Any, TypeVar
 
 import anyio
@@ -50,9 +50,7 @@ _SPLIT = Action.SPLIT
 
 
 def _methods(value: Any) -> frozenset[str]:
-    if isinstance(value, str) or not isinstance(value, Collection):
-        raise ConfigurationError("Hedge: idempotent_methods must be a collection of names")
-    return frozenset(str(m).upper() for m in value)
+    return v.method_set(value, "Hedge", "idempotent_methods")
 
 
 @attrs.frozen(kw_only=True)

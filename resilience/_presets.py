@@ -9,7 +9,7 @@ pipeline, so every preset accepts the same override names.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
@@ -68,12 +68,10 @@ def _store_ok(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> Non
         )
 
 
-def _optional_methods(value: Iterable[str] | None) -> frozenset[str] | None:
+def _optional_methods(value: Any) -> frozenset[str] | None:
     if value is None:
         return None
-    if isinstance(value, str):
-        raise ConfigurationError("idempotent_methods must be a collection of method names")
-    return frozenset(m.upper() for m in value)
+    return v.method_set(value, "PresetSettings", "idempotent_methods")
 
 
 @attrs.frozen(kw_only=True)
@@ -105,7 +103,8 @@ class PresetSettings:
     )
     """Cap on any single wait, server hints included (default: Retry's own)."""
     idempotent_methods: frozenset[str] | None = attrs.field(
-        default=None, converter=_optional_methods
+        default=None,
+        converter=_optional_methods,
     )
     """Methods replayed without an idempotency key (default: Retry's own)."""
     retry_non_idempotent: bool = False

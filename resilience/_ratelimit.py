@@ -25,7 +25,7 @@ default, or shared by every process of a fleet with ``store=RedisStore(...)``.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -45,17 +45,6 @@ KeyFunction = Callable[[httpx.Request], str | None]
 MatchFunction = Callable[[httpx.Request], bool]
 
 
-def _methods(value: Iterable[str] | None) -> frozenset[str] | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        raise ConfigurationError("RateLimiter: methods must be a collection of method names")
-    methods = frozenset(str(m).upper() for m in value)
-    if not methods:
-        raise ConfigurationError("RateLimiter: methods must name at least one method, or be None")
-    return methods
-
-
 def _name_ok(instance: RateLimiter, attribute: attrs.Attribute[str | None], value: object) -> None:
     if value is not None and (not isinstance(value, str) or not value or len(value) > 100):
         raise ConfigurationError(
@@ -73,6 +62,12 @@ def _store_ok(instance: RateLimiter, attribute: attrs.Attribute[Any], value: Any
 
 def _function_repr(function: object) -> str:
     return "None" if function is None else _function_name(function)
+
+
+def _methods(value: Any) -> frozenset[str] | None:
+    if value is None:
+        return None
+    return v.method_set(value, "RateLimiter", "methods", non_empty=True)
 
 
 @attrs.frozen(kw_only=True)

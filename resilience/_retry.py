@@ -42,7 +42,7 @@ from ._http import IDEMPOTENT_METHODS, body_replayable, is_idempotent
 from ._layer import Call, CallNext, Outcome, PipelineEnv, RetryBudgetState
 from ._report import GaveUp
 from ._verdict import Action, Verdict
-from .errors import CircuitOpenError, ConfigurationError
+from .errors import CircuitOpenError
 
 __all__ = ["Backoff", "ExponentialBackoff", "JitterMode", "Retry", "RetryBudget"]
 
@@ -63,9 +63,7 @@ def _retry_after(error: BaseException | None) -> float | None:
 
 
 def _methods(value: Any) -> frozenset[str]:
-    if isinstance(value, str):
-        raise ConfigurationError("Retry: idempotent_methods must be a collection of names")
-    return frozenset(str(m).upper() for m in value)
+    return v.method_set(value, "Retry", "idempotent_methods")
 
 
 @attrs.frozen(kw_only=True)

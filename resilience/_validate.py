@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import attrs
@@ -118,3 +118,17 @@ def has_method(name: str, *, optional: bool = False) -> Validator:
             )
 
     return check
+
+
+def method_set(value: Any, owner: str, name: str, *, non_empty: bool = False) -> frozenset[str]:
+    """A collection of HTTP method names as an upper-case frozenset (for converters).
+
+    One bare string is refused (``"GET"`` would read as its letters), and an empty
+    collection too when ``non_empty``.
+    """
+    if isinstance(value, str) or not isinstance(value, Iterable):
+        raise ConfigurationError(f"{owner}: {name} must be a collection of method names")
+    methods = frozenset(str(method).upper() for method in value)
+    if non_empty and not methods:
+        raise ConfigurationError(f"{owner}: {name} must name at least one method, or be None")
+    return methods
