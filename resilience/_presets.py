@@ -103,8 +103,7 @@ class PresetSettings:
     )
     """Cap on any single wait, server hints included (default: Retry's own)."""
     idempotent_methods: frozenset[str] | None = attrs.field(
-        default=None,
-        converter=_optional_methods,
+        default=None, converter=_optional_methods
     )
     """Methods replayed without an idempotency key (default: Retry's own)."""
     retry_non_idempotent: bool = False
