@@ -49,7 +49,7 @@ from ._classifier import (
     retry_after_of,
 )
 from ._events import TokenRefreshed
-from ._http import body_replayable
+from ._http import DEFAULT_PORTS, body_replayable
 from ._layer import Call, CallNext, Outcome, PipelineEnv
 from ._secret import Secret, mentions, scrub_problem
 from ._shared_token import DEFAULT_FETCH_TIME, SharedToken
@@ -84,13 +84,11 @@ _HTTPX_DEFAULT_TIMEOUT = httpx.Timeout(5.0)
 Origin = tuple[str, str, int]
 """(scheme, host, port) with the default port filled in: what a token is issued for."""
 
-_DEFAULT_PORTS = {"http": 80, "https": 443}
-
 
 def origin_of(url: httpx.URL) -> Origin:
     """The origin of ``url`` (RFC 6454): scheme, host and port, ports normalised."""
     scheme = url.scheme
-    return scheme, url.host, url.port or _DEFAULT_PORTS.get(scheme, 0)
+    return scheme, url.host, url.port or DEFAULT_PORTS.get(scheme, 0)
 
 
 def _origin_text(origin: Origin) -> str:
@@ -98,7 +96,7 @@ def _origin_text(origin: Origin) -> str:
     shown = f"[{host}]" if ":" in host else host
     return (
         f"{scheme}://{shown}"
-        if _DEFAULT_PORTS.get(scheme) == port
+        if DEFAULT_PORTS.get(scheme) == port
         else (f"{scheme}://{shown}:{port}")
     )
 
