@@ -1,4 +1,4 @@
-"""Every Python block in README.md, docs/ and the plugin READMEs runs as pasted.
+"""Every Python block in README.md, CONTRIBUTING.md, docs/ and the plugin READMEs runs as pasted.
 
 The rules a block follows (docs/testing.md says the same for contributors):
 
@@ -47,7 +47,7 @@ WORKER = Path(__file__).with_name("example_worker.py")
 
 def documents() -> list[Path]:
     """The Markdown files whose examples must run."""
-    found = [ROOT / "README.md"]
+    found = [ROOT / "README.md", ROOT / "CONTRIBUTING.md"]
     found += sorted((ROOT / "docs").rglob("*.md"))
     found += sorted((ROOT / "plugins").glob("*/README.md"))
     return [path for path in found if path.is_file()]
