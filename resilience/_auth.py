@@ -45,12 +45,14 @@ from . import _validate as v
 from ._classifier import (
     NEVER_RETRY_ERRORS,
     RETRY_ERRORS,
+    classify_error,
     local_protocol_error,
     retry_after_of,
 )
 from ._events import TokenRefreshed
 from ._http import DEFAULT_PORTS, body_replayable
 from ._layer import Call, CallNext, Outcome, PipelineEnv
+from ._report import GaveUp
 from ._secret import Secret, mentions, scrub_problem
 from ._shared_token import DEFAULT_FETCH_TIME, SharedToken
 from ._store import StateStore
@@ -219,6 +221,9 @@ class AuthRefresh:
             expiry (see docs/shared-state.md). Default: each pipeline fetches its own.
     """
 
+    # Every wait of this layer ends by the call's deadline (see _timeout.py).
+    _deadline_aware = True
+
     provider: TokenProvider = attrs.field(validator=[v.has_method("fetch"), _check_endpoint])
     """Where tokens come from."""
     origins: tuple[str, ...] | None = attrs.field(default=None, kw_only=True, converter=_to_origins)
@@ -276,7 +281,8 @@ class AuthRefresh:
         handler = _AuthHandler(self, env, prefix, allowed, base)
         if self.store is not None:
             handler.shared = SharedToken(
-                self.store,
+                # A RedisStore as this pipeline's layer: its fallbacks in its telemetry.
+                self.store.bound(env, "auth") if hasattr(self.store, "bound") else self.store,
                 "",  # keyed at the first fetch: the origin may not be known before
                 DEFAULT_FETCH_TIME if self.fetch_timeout is None else self.fetch_timeout,
             )
@@ -465,6 +471,11 @@ class _AuthHandler:
         copy.headers = headers
         copy.extensions = dict(request.extensions)
         copy.stream = request.stream
+        content = getattr(request, "_content", None)
+        if content is not None:
+            # Already read (httpx reads a bytes body when the request is built): the
+            # copy has it too, rather than reading the stream again when it is sent.
+            copy._content = content
         return copy
 
     def _usable(self, now: float, rejected: int | None, *, fast: bool) -> tuple[Token, int] | None:
@@ -498,6 +509,33 @@ class _AuthHandler:
         return lock
 
     async def _obtain(
+        self, request: httpx.Request, call: Call, rejected: int | None
+    ) -> tuple[Token, int] | Outcome:
+        """:meth:`_obtain_now`, ended by the call's deadline when it has one.
+
+        A Timeout(total=...) above keeps no cancel scope of its own (see
+        ``_timeout.py``): waiting for the lock or for a slow token endpoint must
+        end by the deadline here. Only calls that need a token come this way.
+        """
+        deadline = call.deadline
+        if deadline is None:
+            return await self._obtain_now(request, call, rejected)
+        remaining = deadline - self.env.clock.now()
+        with anyio.move_on_after(remaining if remaining > 0.0 else 0.0) as scope:
+            return await self._obtain_now(request, call, rejected)
+        assert scope.cancelled_caught
+        call.report.gave_up = GaveUp.DEADLINE
+        total = call.total_timeout
+        error = httpx.TimeoutException(
+            "no token before the call's deadline"
+            + ("" if total is None else f" (its total timeout of {total:g}s)"),
+            request=request,
+        )
+        # The caller's time ran out: not the backend's failure.
+        verdict = attrs.evolve(classify_error(self.env.vendor, error), breaker_failure=False)
+        return Outcome(request, verdict, error=error)
+
+    async def _obtain_now(
         self, request: httpx.Request, call: Call, rejected: int | None
     ) -> tuple[Token, int] | Outcome:
         """A token for this caller: the cached one, a shared fetch's, or a new fetch's."""

@@ -164,6 +164,9 @@ class CircuitBreaker:
     Reach the circuits of a built pipeline with :meth:`CircuitRegistry.of`.
     """
 
+    # Every wait of this layer ends by the call's deadline (see _timeout.py).
+    _deadline_aware = True
+
     failure_ratio: float = attrs.field(default=0.5, validator=v.number(minimum=0, maximum=1))
     """Share of failures in the window that opens the circuit (0: any failure)."""
     minimum_calls: int = attrs.field(default=20, validator=v.number(minimum=1, integer=True))

@@ -50,6 +50,9 @@ class ConcurrencyLimit:
     answered; a response body the caller streams afterwards is not counted.
     """
 
+    # Every wait of this layer ends by the call's deadline (see _timeout.py).
+    _deadline_aware = True
+
     limit: int = attrs.field(validator=v.number(minimum=1, integer=True))
     """Calls (or attempts, below Retry) in flight at once, per key."""
     max_queued: int = attrs.field(default=0, validator=v.number(minimum=0, integer=True))

@@ -36,7 +36,7 @@ from ._bodies import (
 from ._classifier import Classifier, classify_error, safe_classify
 from ._clock import Clock
 from ._report import CallReport
-from ._verdict import Action, Verdict, verdict_fault
+from ._verdict import ACCEPT, Action, Verdict, verdict_fault
 
 if TYPE_CHECKING:
     # Annotations only: the event classes load with the first layer that emits one.
@@ -207,6 +207,8 @@ class Call:
     """Clock time by which the whole call must end (set by ``Timeout(total=...)``)."""
     attempt_timeout: float | None = None
     """Seconds one attempt may take (set by ``Timeout(attempt=...)``)."""
+    total_timeout: float | None = None
+    """The ``Timeout(total=...)`` that set :attr:`deadline`, for messages."""
     trace: CallTrace | None = None
     """Telemetry state of this call, when telemetry records (layers only ask
     whether there is one: ``call.trace is not None``)."""
@@ -230,14 +232,25 @@ class Call:
         ``breaker_failure`` that is no bool) is logged (by name) and the generic
         status-code reading is used instead.
         """
-        verdict = safe_classify(
-            self.env.classifier.classify,
-            request,
-            response,
-            error,
-            vendor=self.env.vendor,
-            fallback_vendor="http",
-        )
+        env = self.env
+        answer: object
+        try:
+            answer = env.classifier.classify(request, response, error)
+        except Exception as exc:
+            answer = _Raised(exc)
+        # The shared ACCEPT (what most classifiers answer a success with) is known
+        # sound; anything else is checked, and a fault logged and replaced.
+        if answer is ACCEPT:
+            verdict: Verdict = ACCEPT
+        else:
+            verdict = safe_classify(
+                _Raised.replay(answer),
+                request,
+                response,
+                error,
+                vendor=env.vendor,
+                fallback_vendor="http",
+            )
         self.report.verdicts.append(verdict)
         return verdict
 
@@ -271,6 +284,25 @@ class Call:
         else:
             verdict = classify_error(self.env.vendor, error)
         return Outcome(request, verdict, error=error)
+
+
+class _Raised:
+    """What a classifier raised, kept to be raised again inside ``safe_classify``
+    (which logs it): the classifier itself runs once per attempt."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    @staticmethod
+    def replay(answer: object) -> Callable[..., Verdict]:
+        def classify(*_: object) -> Verdict:
+            if isinstance(answer, _Raised):
+                raise answer.error
+            return answer  # type: ignore[return-value]
+
+        return classify
 
 
 def well_formed(verdict: object) -> bool:

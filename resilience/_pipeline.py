@@ -34,7 +34,9 @@ from ._layer import Call, CallNext, Handler, Instrument, Layer, Outcome, Pipelin
 from ._loader import resolve_classifier
 from ._order import check_layer_order
 from ._telemetry_names import CURRENT_PIPELINE, check_known_methods, check_name
+from ._timeout import _TimeoutHandler
 from ._verdict import Action, Verdict
+from ._watchdog import watchdog
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider
@@ -43,6 +45,12 @@ if TYPE_CHECKING:
     from ._events import Event
 
 __all__ = ["Pipeline"]
+
+#: Attempts a transport may send without reporting a connection before the
+#: engine stops watching its attempts for pool waits (``Pipeline._watch_pool``).
+_SILENT_AFTER = 64
+_ACCEPT = Action.ACCEPT
+_SPLIT = Action.SPLIT
 
 
 class Pipeline:
@@ -154,13 +162,25 @@ class Pipeline:
         # Inner transports seen reporting connection progress through the "trace"
         # extension: for those, an attempt cut before any report was queueing here.
         self._tracing: weakref.WeakSet[httpx.AsyncBaseTransport] = weakref.WeakSet()
+        # Attempts of other transports that reported nothing (see _watch_pool).
+        self._silent: weakref.WeakKeyDictionary[httpx.AsyncBaseTransport, int] = (
+            weakref.WeakKeyDictionary()
+        )
         self._chain: CallNext = self._build_chain()
 
     def _build_chain(self) -> CallNext:
         call_next: CallNext = self._send
+        # Whether every layer below the one being bound ends its waits by the call's
+        # deadline: a Timeout(total=...) above only such layers needs no cancel
+        # scope of its own, as the engine cuts each attempt at the deadline.
+        aware = True
         # Bind innermost first, so an outer layer can find what an inner one shares.
         for layer in reversed(self.layers):
-            call_next = _link(layer.bind(self.env), call_next)
+            handler = layer.bind(self.env)
+            if aware and isinstance(handler, _TimeoutHandler):
+                handler.scoped = False
+            aware = aware and getattr(type(layer), "_deadline_aware", False) is True
+            call_next = _link(handler, call_next)
         return call_next
 
     def __repr__(self) -> str:
@@ -187,6 +207,14 @@ class Pipeline:
             if instrument is not None and instrument.records():
                 return await instrument.run_call(call, self._run)
             outcome = await self._chain(request, call)
+            response = outcome.response
+            if response is not None:
+                action = outcome.verdict.action
+                if action is _ACCEPT or action is _SPLIT:
+                    # The success path, without another frame: what _finish does first.
+                    response.extensions["resilience"] = call.report
+                    return response
+                del response
             if outcome.response is None and isinstance(outcome.error, errors.ResilienceError):
                 # A layer's own error with nothing to release (an open breaker): raise it
                 # here, without another coroutine frame on the fast-fail path.
@@ -216,23 +244,74 @@ class Pipeline:
         # call.trace is set by the instrumentation when it records.
         if call.trace is not None and self.env.instrument is not None:
             return await self.env.instrument.run_attempt(call, request, self._attempt)
-        return await self._attempt(request, call)
+        if call.attempt_timeout is not None or call.deadline is not None:
+            return await self._attempt_limited(request, call)
+        # The common case, inline: no deadline to keep, so no scope and no frame more.
+        try:
+            response = await call.inner.handle_async_request(request)
+        except Exception as exc:
+            return self._failed(request, call, exc)
+        status = response.status_code
+        if status >= 400 or self._needs_body:
+            return await self._classify_read(request, call, response, status)
+        return Outcome(request, call.classify(request, response, None), response=response)
 
     async def _attempt(self, request: httpx.Request, call: Call) -> Outcome:
+        if call.attempt_timeout is not None or call.deadline is not None:
+            return await self._attempt_limited(request, call)
+        return await self._attempt_once(request, call)
+
+    async def _attempt_limited(self, request: httpx.Request, call: Call) -> Outcome:
+        """One attempt, cut at the nearer of its own limit and the call's deadline.
+
+        The one cancel scope of the attempt: the Timeout layers above only set
+        ``call.attempt_timeout`` and ``call.deadline`` (on the pipeline's clock).
+        """
         limit = call.attempt_timeout
-        if limit is None:
-            return await self._attempt_once(request, call)
-        progress = _Progress(request.extensions)
+        deadline = call.deadline
+        by_deadline = False
+        if deadline is not None:
+            remaining = deadline - self.clock.now()
+            if limit is None or remaining < limit:
+                limit = remaining if remaining > 0.0 else 0.0
+                by_deadline = True
+        assert limit is not None
+        progress = _Progress(request.extensions) if self._watch_pool(call.inner) else None
+        guard = watchdog()
         try:
-            with anyio.move_on_after(limit):
-                return await self._attempt_once(request, call)
+            if guard is None:
+                with anyio.move_on_after(limit):
+                    return await self._attempt_once(request, call)
+            else:
+                dog, task = guard
+                watch = dog.start(task, limit)
+                try:
+                    outcome = await self._attempt_once(request, call)
+                except BaseException as exc:
+                    # Only the watchdog's own cancellation, and no other, is a timeout.
+                    if not (watch.fired and isinstance(exc, dog.cancelled)):
+                        raise
+                    if task.uncancel() > watch.cancelling:
+                        raise
+                else:
+                    if not watch.fired:
+                        return outcome
+                    # Cut as it ended (the transport swallowed the cancellation):
+                    # it ended all the same, so the cut is taken back.
+                    task.uncancel()
+                    return outcome
+                finally:
+                    dog.end(watch)
         finally:
-            progress.restore()
-            if progress.reached:
-                self._tracing.add(call.inner)
+            if progress is not None:
+                progress.restore()
+                if progress.reached:
+                    self._tracing.add(call.inner)
         inner = call.inner
-        if not progress.reached and (
-            isinstance(inner, httpx.AsyncHTTPTransport) or inner in self._tracing
+        if (
+            progress is not None
+            and not progress.reached
+            and (isinstance(inner, httpx.AsyncHTTPTransport) or inner in self._tracing)
         ):
             # The transport reports each request that gets a connection, and this
             # one never got one: the time went waiting in our own pool.
@@ -240,29 +319,67 @@ class Pipeline:
                 f"no connection within the attempt timeout of {limit:g}s", request=request
             )
             return call.classify_local(request, pooled)
-        error = httpx.TimeoutException(f"attempt timed out after {limit:g}s", request=request)
+        if by_deadline:
+            total = call.total_timeout
+            error = httpx.TimeoutException(
+                "the call reached its deadline"
+                if total is None
+                else f"call exceeded its total timeout of {total:g}s",
+                request=request,
+            )
+            # The caller's time ran out, which says nothing of the backend: never a
+            # breaker failure (as when a Timeout(total=...) scope cancels an attempt).
+            return call.classify_local(request, error)
+        else:
+            error = httpx.TimeoutException(f"attempt timed out after {limit:g}s", request=request)
         return call.classify_unfinished(request, error)
+
+    def _watch_pool(self, inner: httpx.AsyncBaseTransport) -> bool:
+        """Whether to watch this attempt for a connection (see :class:`_Progress`).
+
+        httpx's own transport, and any transport seen reporting, always; another
+        one until it has sent :data:`_SILENT_AFTER` attempts that reported nothing
+        (a mock, a transport that does not pass the ``trace`` extension on): then
+        it never will, and the watch is not worth its cost.
+        """
+        if isinstance(inner, httpx.AsyncHTTPTransport) or inner in self._tracing:
+            return True
+        silent = self._silent.get(inner, 0)
+        if silent >= _SILENT_AFTER:
+            return False
+        self._silent[inner] = silent + 1
+        return True
 
     async def _attempt_once(self, request: httpx.Request, call: Call) -> Outcome:
         try:
             response = await call.inner.handle_async_request(request)
         except Exception as exc:
-            if isinstance(exc, httpx.PoolTimeout):
-                return call.classify_local(request, exc)
-            return Outcome(request, call.classify(request, None, exc), error=exc)
-        view: httpx.Response | None = None
+            return self._failed(request, call, exc)
         status = response.status_code
         if status >= 400 or self._needs_body:
-            limit = self._max_error_body if status >= 400 else self._max_body
-            try:
-                view = await buffer_response(response, request, limit)
-            except Exception as exc:
-                await aclose_quietly(response)
-                return Outcome(request, call.classify(request, None, exc), error=exc)
-            except BaseException:
-                await aclose_quietly(response)
-                raise
-        verdict = call.classify(request, view if view is not None else response, None)
+            return await self._classify_read(request, call, response, status)
+        return Outcome(request, call.classify(request, response, None), response=response)
+
+    @staticmethod
+    def _failed(request: httpx.Request, call: Call, exc: Exception) -> Outcome:
+        if isinstance(exc, httpx.PoolTimeout):
+            return call.classify_local(request, exc)
+        return Outcome(request, call.classify(request, None, exc), error=exc)
+
+    async def _classify_read(
+        self, request: httpx.Request, call: Call, response: httpx.Response, status: int
+    ) -> Outcome:
+        """Read the body (bounded) for the classifier, then classify."""
+        limit = self._max_error_body if status >= 400 else self._max_body
+        try:
+            view = await buffer_response(response, request, limit)
+        except Exception as exc:
+            await aclose_quietly(response)
+            return Outcome(request, call.classify(request, None, exc), error=exc)
+        except BaseException:
+            await aclose_quietly(response)
+            raise
+        verdict = call.classify(request, view, None)
         return Outcome(request, verdict, response=response, view=view)
 
     async def _finish(self, call: Call, outcome: Outcome) -> httpx.Response:

@@ -19,6 +19,7 @@ import logging
 import math
 from typing import Any, ClassVar
 
+import anyio
 import attrs
 import httpx
 
@@ -79,6 +80,9 @@ class Retry:
     Every discarded response is closed.
     """
 
+    # Every wait of this layer ends by the call's deadline (see _timeout.py).
+    _deadline_aware = True
+
     max_attempts: int = attrs.field(default=3, validator=v.number(minimum=1, integer=True))
     """Attempts in all, the first included."""
     backoff: Backoff = attrs.field(factory=ExponentialBackoff, validator=backoff_validator("Retry"))
@@ -112,6 +116,9 @@ class Retry:
             bucket = env.budget
             if bucket is None:
                 bucket = env.budget = self.budget.build(env.clock)
+                attach = getattr(bucket, "attach", None)  # a shared budget's telemetry
+                if attach is not None:
+                    attach(env)
         cap = self.max_delay if self.max_delay is not None else default_cap(self.backoff)
         # Breakers below this layer (bound before it): a retry that an open breaker
         # would reject is not worth its backoff sleep.
@@ -209,7 +216,8 @@ class _RetryHandler:
                 # this layer) no longer describes the call.
                 call.report.gave_up = None
                 await outcome.aclose()
-                await self._wait(request, call, attempt, outcome.verdict, decision)
+                if not await self._wait(request, call, attempt, outcome.verdict, decision):
+                    return self._give_up(call, outcome, GaveUp.DEADLINE)
                 previous = decision
             attempt += 1
             outcome = await call_next(request, call)
@@ -271,8 +279,12 @@ class _RetryHandler:
 
     async def _wait(
         self, request: httpx.Request, call: Call, attempt: int, verdict: Verdict, delay: float
-    ) -> None:
-        """Announce the retry and sleep ``delay``; the report says what was waited."""
+    ) -> bool:
+        """Announce the retry and sleep ``delay``; the report says what was waited.
+
+        ``False`` when the call's deadline cut the sleep (the sleep is planned to end
+        before it, so only a clock that overruns in real time gets there).
+        """
         delays = call.report.delays
         delays.append(delay)
         self.env.emit(
@@ -298,8 +310,20 @@ class _RetryHandler:
             )
         clock = self.env.clock
         started = clock.now()
+        deadline = call.deadline
         try:
-            await clock.sleep(delay)
+            if deadline is None:
+                await clock.sleep(delay)
+            else:
+                # The deadline holds in real time too, whatever the clock does: no
+                # Timeout(total=...) above keeps a scope of its own (see _timeout.py).
+                remaining = deadline - started
+                with anyio.move_on_after(remaining if remaining > 0.0 else 0.0) as scope:
+                    await clock.sleep(delay)
+                if scope.cancelled_caught:
+                    waited = clock.now() - started
+                    delays[-1] = min(delay, waited if waited > 0.0 else 0.0)
+                    return False
         except BaseException:
             # Cut short (a Timeout(total=...) above, the caller's cancellation): the
             # report says what was waited, not what was planned.
@@ -315,6 +339,7 @@ class _RetryHandler:
             while 0.0 < rest <= _EARLY_WAKE:
                 await clock.sleep(rest)
                 rest = self._blocked(request)
+        return True
 
     def _blocked(self, request: httpx.Request) -> float:
         """Seconds until every breaker below would let ``request`` through."""

@@ -2,11 +2,16 @@
 
 ``total=`` bounds everything below the layer, sleeps included: it sets the call's
 deadline on the pipeline's clock (so Retry never schedules a wait that cannot
-finish, even under a virtual clock) and enforces it in real time with an anyio
-cancel scope. ``attempt=`` bounds each attempt sent below the layer, wherever the
-layer sits. A timed-out attempt is classified (a timeout is RETRY); a call that
-runs out of total time ends as ``RetriesExhausted`` with ``report.gave_up ==
-"deadline"``.
+finish, even under a virtual clock). ``attempt=`` bounds each attempt sent below
+the layer, wherever the layer sits. Neither opens a cancel scope of its own on the
+way down: the engine cuts each attempt at the nearer of the two, with one scope
+per attempt (``_pipeline.py``), and every built-in layer that waits (Retry's
+backoff and hold, the rate limiter, the concurrency limit, a token fetch) ends
+its wait by the deadline. Only when a layer that may wait on its own terms sits
+below (a custom layer, Hedge, Fallback, the splitter) does ``total=`` also open a
+real-time cancel scope, as it always did. A timed-out attempt is classified (a
+timeout is RETRY); a call that runs out of total time ends as
+``RetriesExhausted`` with ``report.gave_up == "deadline"``.
 """
 
 from __future__ import annotations
@@ -26,6 +31,9 @@ __all__ = ["Timeout"]
 @attrs.frozen(kw_only=True)
 class Timeout:
     """Deadlines, in seconds: ``total`` for the call, ``attempt`` for each attempt."""
+
+    # Every wait of this layer ends by the call's deadline (see _timeout.py).
+    _deadline_aware = True
 
     total: float | None = attrs.field(
         default=None, validator=v.number(minimum=0, exclusive_minimum=True, optional=True)
@@ -49,18 +57,36 @@ class _TimeoutHandler:
     total: float | None
     attempt: float | None
     env: PipelineEnv
+    scoped: bool = True
+    """Whether ``total`` needs a cancel scope of its own: the pipeline clears it
+    when every layer below ends its waits by the call's deadline (``_pipeline.py``
+    reads :data:`DEADLINE_AWARE`)."""
 
     async def __call__(self, request: httpx.Request, call: Call, call_next: CallNext) -> Outcome:
         saved_deadline = call.deadline
+        saved_total = call.total_timeout
         saved_attempt = call.attempt_timeout
         if self.attempt is not None and (saved_attempt is None or self.attempt < saved_attempt):
             call.attempt_timeout = self.attempt
         try:
             if self.total is None:
                 return await call_next(request, call)
-            deadline = self.env.clock.now() + self.total
+            clock = self.env.clock
+            deadline = clock.now() + self.total
             if saved_deadline is None or deadline < saved_deadline:
                 call.deadline = deadline
+                call.total_timeout = self.total
+            if not self.scoped:
+                outcome = await call_next(request, call)
+                if (
+                    outcome.response is None
+                    and call.report.gave_up is None
+                    and call.deadline is not None
+                    and clock.now() >= call.deadline
+                ):
+                    # The engine cut the last attempt at the deadline.
+                    call.report.gave_up = GaveUp.DEADLINE
+                return outcome
             with anyio.move_on_after(self.total):
                 return await call_next(request, call)
             call.report.gave_up = GaveUp.DEADLINE
@@ -70,4 +96,5 @@ class _TimeoutHandler:
             return call.classify_unfinished(request, error)
         finally:
             call.deadline = saved_deadline
+            call.total_timeout = saved_total
             call.attempt_timeout = saved_attempt
