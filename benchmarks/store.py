@@ -6,14 +6,20 @@ accuracy of one rate limit shared by 4 processes.
 Starts its own ``redis-server`` (as the tests do: a free loopback port, no
 persistence). Figures:
 
+* round trips per healthy call through a rate limit, a budget and a breaker on
+  one store (the server's count), and the cost per call against memory, with
+  outcomes sent on their own (``flush_delay=0``: two round trips) and riding
+  along with the next call's slot (the default: one);
 * a call through ``Pipeline([RateLimiter])`` on ``httpx.MockTransport``, against
   the same pipeline without the layer: the layer's cost with each store;
 * a healthy call through ``Retry`` with its budget in memory and on Redis (the
   calls reach Redis once per 50 ms slot), and through ``CircuitBreaker`` in
-  memory and with ``store=`` (one round trip per counted outcome);
+  memory and with ``store=`` (outcomes wait to ride along with another round
+  trip: with nothing else to ride on, one goes per ``flush_delay``);
 * one ``take_slot``, one ``update_budget`` (a retry taken: what each retry
-  costs) and one ``breaker_record``, awaited one after the other: the store's
-  own cost (on Redis: one round trip, one Lua script);
+  costs) and one ``breaker_record`` (a success: it waits to ride along),
+  awaited one after the other: the store's own cost (on Redis: one round trip,
+  one Lua script, for the first two);
 * 4 processes taking slots of one 500/s limit for 2 s: slots given against
   ``rate * window + burst``;
 * a call through ``AuthRefresh`` with its token cached, with and without a store
@@ -92,6 +98,55 @@ async def store_ops(store: Any, n: int) -> tuple[float, float]:
             await store.update_budget("bench", 0.0, calls=1, take=True, ratio=0.2, floor=1e9)
         budgets.append((time.perf_counter() - started) / n * 1e6)
     return statistics.median(slots), statistics.median(budgets)
+
+
+async def round_trips(server: Any, n: int) -> None:
+    """Round trips per healthy call through RateLimiter + Retry(budget) +
+    CircuitBreaker, all on one RedisStore (as ``standard_pipeline(vendor,
+    store=...)`` builds them), counted by the server (INFO commandstats), and the
+    cost per call against the same pipeline in memory. ``flush_delay=0`` sends
+    every breaker outcome and budget count on its own, as before they rode along
+    with the next call's slot; the runs are interleaved, best of 3 each."""
+    limiter = {"rate": 1e9, "burst": 1_000_000}
+
+    def layers(shared: Any) -> list[Any]:
+        return [
+            RateLimiter(**limiter, store=shared),
+            Retry(max_attempts=3, budget=RetryBudget(store=shared)),
+            CircuitBreaker(store=shared),
+        ]
+
+    stores = {
+        "each outcome on its own (flush_delay=0)": RedisStore(
+            url=server.url, prefix="trips0", flush_delay=0.0
+        ),
+        "outcomes ride along (default)": RedisStore(url=server.url, prefix="trips"),
+    }
+    best: dict[str, float] = {}
+    trips: dict[str, float] = {}
+    async with client(layers(None)) as memory:
+        clients = {name: client(layers(store)) for name, store in stores.items()}
+        for shared in clients.values():
+            await per_call(shared, 50)  # scripts loaded, connections made
+        for _ in range(3):
+            best["in memory"] = min(best.get("in memory", 1e9), await per_call(memory, n))
+            for name, shared in clients.items():
+                server.command(b"CONFIG", b"RESETSTAT")
+                started = time.perf_counter()
+                for _ in range(n):
+                    await shared.get("https://api.test/x")
+                micros = (time.perf_counter() - started) / n * 1e6
+                best[name] = min(best.get(name, 1e9), micros)
+                trips[name] = sum(server.commandstats().values()) / n
+        for shared in clients.values():
+            await shared.aclose()
+    for store in stores.values():
+        assert store.fallback_calls == 0
+        await store.aclose()
+    print("RateLimiter + Retry(budget) + CircuitBreaker, one store, healthy calls:")
+    for name, micros in best.items():
+        extra = f"{trips[name]:5.2f} round trips/call" if name in trips else ""
+        print(f"  {name:42s} {micros:8.1f} µs/call {extra}")
 
 
 async def costs(url: str, n: int) -> None:
@@ -180,6 +235,7 @@ def main() -> None:
     server = helper.RedisServer(binary)
     server.start()
     try:
+        asyncio.run(round_trips(server, 500 if args.quick else 3000))
         asyncio.run(costs(server.url, 500 if args.quick else 3000))
         rate, seconds = 500.0, 2.0
         counts, window = helper.run_workers(server.url, "fleet", 4, seconds, rate)

@@ -32,6 +32,7 @@ import base64
 import contextlib
 import logging
 import math
+import time
 import weakref
 from typing import Any
 from urllib.parse import quote_plus
@@ -517,10 +518,10 @@ class _AuthHandler:
         ``_timeout.py``): waiting for the lock or for a slow token endpoint must
         end by the deadline here. Only calls that need a token come this way.
         """
-        deadline = call.deadline
-        if deadline is None:
+        cutoff = call.cutoff
+        if cutoff is None:
             return await self._obtain_now(request, call, rejected)
-        remaining = deadline - self.env.clock.now()
+        remaining = cutoff - time.monotonic()
         with anyio.move_on_after(remaining if remaining > 0.0 else 0.0) as scope:
             return await self._obtain_now(request, call, rejected)
         assert scope.cancelled_caught

@@ -20,6 +20,13 @@ How a hold ends:
   call has taken the probe, it goes as the probe itself (otherwise a batch of held
   calls with no new traffic would wait out their deadlines for nothing). No other
   held call has a timer: they are woken by the circuit;
+* on a circuit shared through a store (``CircuitBreaker(store=RedisStore(...))``)
+  the break may end in another process, which nothing here hears of: when the
+  local break is over the prober first looks at the fleet's state (one round
+  trip): it goes as the probe only when the fleet's probe is free; while another
+  process probes, the circuit stays open until the next look
+  (``RedisStore.probe_poll``), and a look that finds the fleet closed closes the
+  circuit, which releases the held calls in the ramp as above;
 * the next probe cannot come before the call's end (its deadline, or
   :attr:`Hold.max_wait`), the circuit is isolated, or the call is cancelled: it
   gives up and leaves the queue.
@@ -31,7 +38,8 @@ cancelling the cancel scope it waits in.
 from __future__ import annotations
 
 import math
-from typing import Protocol
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
 import anyio
 import attrs
@@ -125,6 +133,21 @@ class Gate(Protocol):
     def _accepting(self) -> bool:
         """Whether calls pass (closed)."""
         ...
+
+
+#: A look at a shared breaker's fleet state (``_shared_breaker.poll_fleet``).
+FleetLook = Callable[[Any, float], Awaitable[bool]]
+
+
+def _fleet_look(gate: Gate) -> FleetLook | None:
+    """How a held call on ``gate`` looks at its fleet; ``None`` for a circuit of
+    this process alone."""
+    config = getattr(getattr(gate, "_registry", None), "_config", None)
+    if getattr(config, "store", None) is None:
+        return None
+    from ._shared_breaker import poll_fleet
+
+    return poll_fleet
 
 
 class _Waiter:
@@ -241,6 +264,7 @@ class HoldQueue:
         RECOVERED or PROBE: the call may send its next attempt; TIMEOUT or ISOLATED:
         it gives up. It always leaves the queue, cancelled or not.
         """
+        fleet = _fleet_look(gate)
         try:
             while True:
                 release_at = waiter.release_at
@@ -265,7 +289,9 @@ class HoldQueue:
                 timer: float | None = None
                 if self._prober is waiter:
                     if gate._probe_free(now):
-                        return PROBE
+                        if fleet is None or await fleet(gate, now):
+                            return PROBE
+                        continue  # the look moved the circuit: read it again
                     if next_probe > now:
                         timer = next_probe - now
                 with anyio.CancelScope() as scope:

@@ -209,6 +209,10 @@ class Call:
     """Seconds one attempt may take (set by ``Timeout(attempt=...)``)."""
     total_timeout: float | None = None
     """The ``Timeout(total=...)`` that set :attr:`deadline`, for messages."""
+    cutoff: float | None = None
+    """When that total timeout ends in real time (:func:`time.monotonic`): the
+    engine cuts attempts there, and the layers' own waits end by it, whatever
+    the pipeline's clock says (a virtual clock's time passes without any)."""
     trace: CallTrace | None = None
     """Telemetry state of this call, when telemetry records (layers only ask
     whether there is one: ``call.trace is not None``)."""

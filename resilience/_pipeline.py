@@ -16,6 +16,7 @@ from __future__ import annotations
 import inspect
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from time import monotonic as _monotonic
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -33,6 +34,7 @@ from ._clock import Clock, default_clock
 from ._layer import Call, CallNext, Handler, Instrument, Layer, Outcome, PipelineEnv
 from ._loader import resolve_classifier
 from ._order import check_layer_order
+from ._report import GaveUp
 from ._telemetry_names import CURRENT_PIPELINE, check_known_methods, check_name
 from ._timeout import _TimeoutHandler
 from ._verdict import Action, Verdict
@@ -166,6 +168,10 @@ class Pipeline:
         self._silent: weakref.WeakKeyDictionary[httpx.AsyncBaseTransport, int] = (
             weakref.WeakKeyDictionary()
         )
+        # Timeout layers the engine keeps itself (_build_chain): the outermost
+        # total, and the nearest attempt limit.
+        self._total: float | None = None
+        self._attempt_limit: float | None = None
         self._chain: CallNext = self._build_chain()
 
     def _build_chain(self) -> CallNext:
@@ -175,10 +181,22 @@ class Pipeline:
         # scope of its own, as the engine cuts each attempt at the deadline.
         aware = True
         # Bind innermost first, so an outer layer can find what an inner one shares.
-        for layer in reversed(self.layers):
+        for index in range(len(self.layers) - 1, -1, -1):
+            layer = self.layers[index]
             handler = layer.bind(self.env)
-            if aware and isinstance(handler, _TimeoutHandler):
-                handler.scoped = False
+            if isinstance(handler, _TimeoutHandler):
+                if handler.total is None:
+                    # An attempt limit bounds every attempt, wherever it sits (all
+                    # are sent below it): the engine keeps it, with no frame of its own.
+                    self._attempt_limit = _nearer(self._attempt_limit, handler.attempt)
+                    continue
+                if aware:
+                    handler.scoped = False
+                    if index == 0:
+                        # The outermost deadline: the engine sets it as the call starts.
+                        self._total = handler.total
+                        self._attempt_limit = _nearer(self._attempt_limit, handler.attempt)
+                        continue
             aware = aware and getattr(type(layer), "_deadline_aware", False) is True
             call_next = _link(handler, call_next)
         return call_next
@@ -193,6 +211,11 @@ class Pipeline:
     ) -> httpx.Response:
         """Run one logical call through the layers; return the response or raise."""
         call = Call(self.env, inner, request)
+        total = self._total
+        if total is not None:
+            call.deadline = self.clock.now() + total
+            call.total_timeout = total
+            call.cutoff = _monotonic() + total
         # Every copy a layer makes carries it, so a classifier reads the call's
         # history here (report_of(request)) instead of keeping any of its own.
         extensions = request.extensions
@@ -244,7 +267,11 @@ class Pipeline:
         # call.trace is set by the instrumentation when it records.
         if call.trace is not None and self.env.instrument is not None:
             return await self.env.instrument.run_attempt(call, request, self._attempt)
-        if call.attempt_timeout is not None or call.deadline is not None:
+        if (
+            call.attempt_timeout is not None
+            or call.cutoff is not None
+            or self._attempt_limit is not None
+        ):
             return await self._attempt_limited(request, call)
         # The common case, inline: no deadline to keep, so no scope and no frame more.
         try:
@@ -257,7 +284,11 @@ class Pipeline:
         return Outcome(request, call.classify(request, response, None), response=response)
 
     async def _attempt(self, request: httpx.Request, call: Call) -> Outcome:
-        if call.attempt_timeout is not None or call.deadline is not None:
+        if (
+            call.attempt_timeout is not None
+            or call.cutoff is not None
+            or self._attempt_limit is not None
+        ):
             return await self._attempt_limited(request, call)
         return await self._attempt_once(request, call)
 
@@ -267,11 +298,11 @@ class Pipeline:
         The one cancel scope of the attempt: the Timeout layers above only set
         ``call.attempt_timeout`` and ``call.deadline`` (on the pipeline's clock).
         """
-        limit = call.attempt_timeout
-        deadline = call.deadline
+        limit = _nearer(call.attempt_timeout, self._attempt_limit)
+        cutoff = call.cutoff
         by_deadline = False
-        if deadline is not None:
-            remaining = deadline - self.clock.now()
+        if cutoff is not None:
+            remaining = cutoff - _monotonic()
             if limit is None or remaining < limit:
                 limit = remaining if remaining > 0.0 else 0.0
                 by_deadline = True
@@ -286,7 +317,18 @@ class Pipeline:
                 dog, task = guard
                 watch = dog.start(task, limit)
                 try:
-                    outcome = await self._attempt_once(request, call)
+                    # _attempt_once, inline: a frame less on every limited attempt.
+                    try:
+                        response = await call.inner.handle_async_request(request)
+                    except Exception as exc:
+                        outcome = self._failed(request, call, exc)
+                    else:
+                        status = response.status_code
+                        if status >= 400 or self._needs_body:
+                            outcome = await self._classify_read(request, call, response, status)
+                        else:
+                            verdict = call.classify(request, response, None)
+                            outcome = Outcome(request, verdict, response=response)
                 except BaseException as exc:
                     # Only the watchdog's own cancellation, and no other, is a timeout.
                     if not (watch.fired and isinstance(exc, dog.cancelled)):
@@ -385,6 +427,16 @@ class Pipeline:
     async def _finish(self, call: Call, outcome: Outcome) -> httpx.Response:
         """Turn what came out of the top into a response or a typed error."""
         report = call.report
+        cutoff = call.cutoff
+        if (
+            self._total is not None
+            and outcome.response is None
+            and report.gave_up is None
+            and cutoff is not None
+            and _monotonic() >= cutoff
+        ):
+            # The engine cut the last attempt at the outermost Timeout(total=...).
+            report.gave_up = GaveUp.DEADLINE
         action = outcome.verdict.action
         response = outcome.response
         if response is not None and (action is Action.ACCEPT or action is Action.SPLIT):
@@ -507,6 +559,15 @@ def _with_call(error: errors.ResilienceError, call: Call) -> errors.ResilienceEr
 def _error_for(call: Call, verdict: Verdict, view: httpx.Response | None) -> errors.ResilienceError:
     # errors.py owns the wording (method, URL, attempts and why it gave up).
     return errors._from_verdict(verdict, call.request, view, call.report)
+
+
+def _nearer(limit: float | None, other: float | None) -> float | None:
+    """The shorter of two optional limits."""
+    if limit is None:
+        return other
+    if other is None or limit <= other:
+        return limit
+    return other
 
 
 def _link(handler: Handler, call_next: CallNext) -> CallNext:

@@ -86,6 +86,9 @@ class RateLimiter:
     pick ``burst + rate == N`` (``rate_limits()`` of the vendor plugins do).
     """
 
+    # Every wait of this layer ends by the call's deadline (see _timeout.py).
+    _deadline_aware = True
+
     rate: float = attrs.field(validator=v.number(minimum=0, exclusive_minimum=True))
     """Calls allowed per :attr:`per` seconds, sustained."""
     per: float = attrs.field(default=1.0, validator=v.number(minimum=0, exclusive_minimum=True))
@@ -159,6 +162,7 @@ class _RateLimitHandler:
         "_max_wait",
         "_methods",
         "_prefix",
+        "_remote",
         "_store",
         "_verdict",
     )
@@ -177,6 +181,9 @@ class _RateLimitHandler:
         self._store: StateStore = store
         # The in-memory store answers synchronously: no coroutine per call.
         self._local = store if type(store) is MemoryStore else None
+        # A shared store, as this pipeline's layer (its fallbacks in its telemetry).
+        bound = getattr(store, "bound", None)
+        self._remote: Any = store if bound is None else bound(env, "rate_limiter")
         self._prefix = f"{self._label}|"
         self._key: KeyFunction | None = config.key
         self._constant_key: str | None = None
@@ -238,7 +245,7 @@ class _RateLimitHandler:
                 key, clock.now(), self._interval, self._burst, limit
             )
         else:
-            admitted, wait = await self._store.take_slot(
+            admitted, wait = await self._remote.take_slot(
                 key, clock.now(), self._interval, self._burst, limit
             )
         if not admitted:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from typing import Any, ClassVar
 
 import anyio
@@ -310,14 +311,14 @@ class _RetryHandler:
             )
         clock = self.env.clock
         started = clock.now()
-        deadline = call.deadline
+        cutoff = call.cutoff
         try:
-            if deadline is None:
+            if cutoff is None:
                 await clock.sleep(delay)
             else:
                 # The deadline holds in real time too, whatever the clock does: no
                 # Timeout(total=...) above keeps a scope of its own (see _timeout.py).
-                remaining = deadline - started
+                remaining = cutoff - time.monotonic()
                 with anyio.move_on_after(remaining if remaining > 0.0 else 0.0) as scope:
                     await clock.sleep(delay)
                 if scope.cancelled_caught:

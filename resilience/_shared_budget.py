@@ -8,10 +8,12 @@ calls)``), counted over every process that shares the store's key.
 Cost: a call deposits into a local counter, as without a store; the counts are
 carried to the store at most once per window slot (50 ms) by the first call of
 the slot, so a healthy pipeline makes at most 20 store updates a second, however
-many calls it sends. A retry costs one store step, which adds the calls not yet
-carried and takes the retry in the same atomic update (one Lua script on Redis).
-Calls not yet carried are missing from the other processes' count for up to a
-slot: that only lowers the allowance they see.
+many calls it sends. On Redis even those make no round trip of their own: they
+wait (``RedisStore.flush_delay``) to ride along with the next one (a rate-limit
+slot, a breaker's step). A retry costs one store step, which adds the calls not
+yet carried and takes the retry in the same atomic update (one Lua script on
+Redis). Calls not yet carried are missing from the other processes' count for up
+to a slot and the flush delay: that only lowers the allowance they see.
 
 Hedges and the splitter's rounds ask synchronously (they cannot wait for a
 store): they draw on this process's own window only, as without a store.
@@ -33,6 +35,7 @@ from ._store import BUDGET_SLOTS
 if TYPE_CHECKING:
     from ._backoff import RetryBudget
     from ._clock import Clock
+    from ._layer import PipelineEnv
     from ._store import StateStore
 
 __all__ = ["SharedBudget"]
@@ -45,6 +48,7 @@ class SharedBudget:
 
     __slots__ = (
         "_clock",
+        "_count",
         "_floor",
         "_flush_at",
         "_key",
@@ -70,11 +74,19 @@ class SharedBudget:
         self._local = BudgetWindow(attrs.evolve(config, initial=0.0, store=None), clock)
         self._pending = 0
         self._flush_at = 0.0
+        self._count = getattr(self._store, "count_calls", None)
+
+    def attach(self, env: PipelineEnv) -> None:
+        """Bound into ``env``'s pipeline: the store's fallbacks count in its telemetry."""
+        bound = getattr(self._store, "bound", None)
+        if bound is not None:
+            self._store = bound(env, "retry_budget")
+            self._count = getattr(self._store, "count_calls", None)
 
     @property
     def store(self) -> StateStore:
         """The store that holds the fleet's window."""
-        return self._store
+        return getattr(self._store, "store", self._store)  # not the pipeline's view of it
 
     def deposit(self) -> None:
         """A logical call started: counted here at once, in the store within a slot."""
@@ -90,7 +102,12 @@ class SharedBudget:
         pending, self._pending = self._pending, 0
         now = self._clock.now()
         self._flush_at = self._now() + _SLOT
-        if pending:
+        if not pending:
+            return
+        if self._count is not None:
+            # Waits in the store to ride along with another round trip.
+            await self._count(self._key, now, calls=pending, ratio=self._ratio, floor=self._floor)
+        else:
             await self._store.update_budget(
                 self._key, now, calls=pending, take=False, ratio=self._ratio, floor=self._floor
             )

@@ -291,6 +291,7 @@ class _Meters:
         "rejections",
         "retries",
         "retry_delay",
+        "store_fallbacks",
     )
 
     def __init__(self, meter: Meter) -> None:
@@ -345,6 +346,11 @@ class _Meters:
             "resilience.rate_limit.calls",
             unit="{call}",
             description="Calls a RateLimiter held back (delayed) or refused (rejected).",
+        )
+        self.store_fallbacks: Counter = meter.create_counter(
+            "resilience.store.fallbacks",
+            unit="{operation}",
+            description="State store steps answered from local state (Redis away or slow).",
         )
         self.attempt_duration: Histogram = meter.create_histogram(
             "http.client.request.duration",
@@ -1071,6 +1077,17 @@ class Instrumentation:
             if event.reason is not None:
                 labels[RATE_LIMIT_REASON] = event.reason
             meters.rate_limited.add(1, labels)
+
+    def store_fallback(self, layer: str, operation: str) -> None:
+        """A shared store's ``operation`` for ``layer`` was answered from local state
+        (``RedisStore`` away or slow): counted by layer and operation."""
+        meters = self._meters.get()
+        if meters is not None:
+            meters.store_fallbacks.add(
+                1,
+                {"resilience.store.layer": layer, "resilience.store.operation": operation}
+                | self._identity,
+            )
 
     # -- credentials --
 

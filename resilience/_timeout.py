@@ -16,6 +16,8 @@ timeout is RETRY); a call that runs out of total time ends as
 
 from __future__ import annotations
 
+import time
+
 import anyio
 import attrs
 import httpx
@@ -60,11 +62,12 @@ class _TimeoutHandler:
     scoped: bool = True
     """Whether ``total`` needs a cancel scope of its own: the pipeline clears it
     when every layer below ends its waits by the call's deadline (``_pipeline.py``
-    reads :data:`DEADLINE_AWARE`)."""
+    reads each layer class's ``_deadline_aware``)."""
 
     async def __call__(self, request: httpx.Request, call: Call, call_next: CallNext) -> Outcome:
         saved_deadline = call.deadline
         saved_total = call.total_timeout
+        saved_cutoff = call.cutoff
         saved_attempt = call.attempt_timeout
         if self.attempt is not None and (saved_attempt is None or self.attempt < saved_attempt):
             call.attempt_timeout = self.attempt
@@ -76,13 +79,16 @@ class _TimeoutHandler:
             if saved_deadline is None or deadline < saved_deadline:
                 call.deadline = deadline
                 call.total_timeout = self.total
+            cutoff = time.monotonic() + self.total
+            if saved_cutoff is None or cutoff < saved_cutoff:
+                call.cutoff = cutoff
             if not self.scoped:
                 outcome = await call_next(request, call)
                 if (
                     outcome.response is None
                     and call.report.gave_up is None
-                    and call.deadline is not None
-                    and clock.now() >= call.deadline
+                    and call.cutoff is not None
+                    and time.monotonic() >= call.cutoff
                 ):
                     # The engine cut the last attempt at the deadline.
                     call.report.gave_up = GaveUp.DEADLINE
@@ -97,4 +103,5 @@ class _TimeoutHandler:
         finally:
             call.deadline = saved_deadline
             call.total_timeout = saved_total
+            call.cutoff = saved_cutoff
             call.attempt_timeout = saved_attempt

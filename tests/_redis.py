@@ -74,6 +74,12 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+#: Commands only a client sends (never a script): each is one round trip.
+_REQUESTS = tuple(
+    f"cmdstat_{name}" for name in ("eval", "script", "client", "hello", "ping", "select", "auth")
+)
+
+
 class RedisServer:
     """One ``redis-server`` process on loopback that a test can kill, pause and restart."""
 
@@ -124,6 +130,29 @@ class RedisServer:
                 return sock.recv(65536).split(b"\r\n", 1)[0]
         except OSError:
             return None
+
+    def commandstats(self) -> dict[str, int]:
+        """Client requests per command since the last ``CONFIG RESETSTAT`` (``INFO
+        commandstats``), counted by the server: the commands a client sends
+        (``EVALSHA``, ``EVAL``, ``SCRIPT``, connection setup), not those the scripts
+        run inside (they are counted there too), nor ``INFO`` and ``CONFIG``."""
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1.0) as sock:
+                sock.sendall(b"INFO commandstats\r\n")
+                header = b""
+                while b"\r\n" not in header:
+                    header += sock.recv(65536)
+                size_text, reply = header[1:].split(b"\r\n", 1)
+                while len(reply) < int(size_text) + 2:
+                    reply += sock.recv(65536)
+        except OSError:
+            return {}
+        stats = {}
+        for line in reply.decode().splitlines():
+            name, _, rest = line.partition(":")
+            if name.startswith(_REQUESTS):
+                stats[name[len("cmdstat_") :]] = int(rest.split(",", 1)[0].split("=", 1)[1])
+        return stats
 
     def kill(self) -> None:
         if self.process is not None:

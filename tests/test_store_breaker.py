@@ -87,8 +87,9 @@ def process(
 
 async def test_one_process_opens_it_and_one_probes_for_all(redis_server: Any) -> None:
     """A's failures open the fleet's circuit; B learns it from its next call's answer
-    and fails fast; when the break ends, A probes while B is refused, and A's
-    success closes B's circuit too. Each process reports each change once."""
+    and fails fast; when the break ends, A probes while B is refused until its next
+    look (``retry_after`` = ``probe_poll``, not 0), and A's success closes B's
+    circuit too at that look. Each process reports each change once."""
     a_store = RedisStore(url=redis_server.url, prefix="app")
     b_store = RedisStore(url=redis_server.url, prefix="app")
     a_vendor, b_vendor = Vendor(503), Vendor(200)
@@ -121,9 +122,12 @@ async def test_one_process_opens_it_and_one_probes_for_all(redis_server: Any) ->
                 assert a_vendor.sent == 4  # A's probe is out
                 with pytest.raises(CircuitOpenError) as info:
                     await b.get(URL)
-                assert info.value.retry_after == 0.0  # B: another process probes
+                # B: another process probes; B looks again after probe_poll.
+                assert info.value.retry_after == b_store.probe_poll
+                assert "another process probes it" in str(info.value)
                 a_vendor.gate.set()
             assert a_changes == ["closed->open", "open->half_open", "half_open->closed"]
+            b_clock.advance(b_store.probe_poll)
             response = await b.get(URL)
             assert response.status_code == 200
             assert b_changes == ["closed->open", "open->closed"]

@@ -103,7 +103,8 @@ async def test_tellus_and_turris_presets_use_the_documented_limits() -> None:
     tellus = standard_pipeline("tellus", telemetry=False)
     turris = standard_pipeline("turris", telemetry=False)
     names = [getattr(layer, "name", None) for layer in tellus.layers]
-    assert "tellus-queries" in names and "tellus-control" in names
+    assert "tellus-queries" in names
+    assert "tellus-control" in names
     assert [layer.name for layer in turris.layers if isinstance(layer, RateLimiter)] == [
         "turris-writes"
     ]
