@@ -164,6 +164,7 @@ class Pipeline:
         # Inner transports seen reporting connection progress through the "trace"
         # extension: for those, an attempt cut before any report was queueing here.
         self._tracing: weakref.WeakSet[httpx.AsyncBaseTransport] = weakref.WeakSet()
+        self._quiet: weakref.ref[httpx.AsyncBaseTransport] | None = None
         # Attempts of other transports that reported nothing (see _watch_pool).
         self._silent: weakref.WeakKeyDictionary[httpx.AsyncBaseTransport, int] = (
             weakref.WeakKeyDictionary()
@@ -223,7 +224,9 @@ class Pipeline:
         extensions["resilience"] = call.report
         instrument = self.env.instrument
         # The name the library's log records of this call carry (_telemetry_names).
-        named = CURRENT_PIPELINE.set(self.name)
+        # (Set only when it changes: a nested call of the same pipeline, or one
+        # after another in a task that already named it, costs nothing.)
+        named = None if CURRENT_PIPELINE.get() == self.name else CURRENT_PIPELINE.set(self.name)
         try:
             # records() is a cheap check: with no OpenTelemetry SDK nothing records,
             # and the call takes the same path as with telemetry off.
@@ -249,7 +252,8 @@ class Pipeline:
                     del error  # see _finish: no frame -> error -> traceback -> frame cycle
             return await self._finish(call, outcome)
         finally:
-            CURRENT_PIPELINE.reset(named)
+            if named is not None:
+                CURRENT_PIPELINE.reset(named)
             # The caller's request must not keep the report (and its problems)
             # alive after the call; an enclosing pipeline's report comes back.
             if outer is None:
@@ -384,10 +388,13 @@ class Pipeline:
         (a mock, a transport that does not pass the ``trace`` extension on): then
         it never will, and the watch is not worth its cost.
         """
+        if self._quiet is not None and self._quiet() is inner:
+            return False
         if isinstance(inner, httpx.AsyncHTTPTransport) or inner in self._tracing:
             return True
         silent = self._silent.get(inner, 0)
         if silent >= _SILENT_AFTER:
+            self._quiet = weakref.ref(inner)  # the next attempt asks once, cheaply
             return False
         self._silent[inner] = silent + 1
         return True

@@ -153,13 +153,18 @@ def _shielded(task: Any, outer: object) -> bool:
 
 
 _WATCHDOGS: dict[int, Watchdog] = {}
+#: The last watchdog handed out: most programs run one event loop.
+_last: Watchdog | None = None
+#: ``Task.uncancel`` (Python 3.11): without it a native cut cannot be taken back.
+_UNCANCEL = sys.version_info >= (3, 11)
 
 
 def watchdog() -> tuple[Watchdog, Any] | None:
     """The running asyncio loop's watchdog and the current task, or ``None`` when
     the engine should use an anyio scope instead (trio, Python 3.10, no task)."""
+    global _last
     asyncio = sys.modules.get("asyncio")
-    if asyncio is None:
+    if asyncio is None or not _UNCANCEL:
         return None
     if _anyio_task_states is None and _load_task_states() is None:
         return None
@@ -168,8 +173,11 @@ def watchdog() -> tuple[Watchdog, Any] | None:
     except RuntimeError:
         return None  # trio (or no loop at all)
     task = asyncio.current_task(loop)
-    if task is None or not hasattr(task, "uncancel"):
+    if task is None:
         return None
+    dog = _last
+    if dog is not None and dog.loop is loop:
+        return dog, task
     dog = _WATCHDOGS.get(id(loop))
     if dog is None or dog.loop is not loop:
         dog = _WATCHDOGS[id(loop)] = Watchdog(loop, asyncio.CancelledError)
@@ -178,4 +186,5 @@ def watchdog() -> tuple[Watchdog, Any] | None:
             for key, other in list(_WATCHDOGS.items()):
                 if other.loop.is_closed():
                     del _WATCHDOGS[key]
+    _last = dog
     return dog, task
