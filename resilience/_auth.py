@@ -85,6 +85,8 @@ _HTTPX_DEFAULT_TIMEOUT = httpx.Timeout(5.0)
 # --- origins ------------------------------------------------------------------------
 
 Origin = tuple[str, str, int]
+#: Origins whose answer ``_for_us`` remembers; the memory is emptied beyond this.
+_ORIGINS_KEPT = 256
 """(scheme, host, port) with the default port filled in: what a token is issued for."""
 
 
@@ -92,6 +94,34 @@ def origin_of(url: httpx.URL) -> Origin:
     """The origin of ``url`` (RFC 6454): scheme, host and port, ports normalised."""
     scheme = url.scheme
     return scheme, url.host, url.port or DEFAULT_PORTS.get(scheme, 0)
+
+
+def _with_header(headers: httpx.Headers, name: str, value: str) -> httpx.Headers:
+    """A copy of ``headers`` with ``name`` set to ``value`` (any earlier one gone).
+
+    httpx keeps headers as (raw name, lower-cased name, value) byte triples; the
+    copy takes them as they are instead of decoding and re-encoding each one
+    (``Headers.copy()`` plus ``__setitem__`` cost three times as much), and falls
+    back to those when the layout is not the one expected.
+    """
+    items = getattr(headers, "_list", None)
+    encoding: Any = getattr(headers, "_encoding", _UNSET)
+    if type(items) is not list or encoding is _UNSET:  # pragma: no cover - another httpx
+        copy = headers.copy()
+        copy[name] = value
+        return copy
+    raw = name.encode("ascii")
+    lower = raw.lower()
+    copy = httpx.Headers()
+    kept = [item for item in items if item[1] != lower]
+    # A token value is printable ASCII (checked when it is made).
+    kept.append((raw, lower, value.encode("ascii")))
+    copy._list = kept
+    copy._encoding = encoding
+    return copy
+
+
+_UNSET = object()
 
 
 def _origin_text(origin: Origin) -> str:
@@ -349,6 +379,8 @@ class _AuthHandler:
     replayed: weakref.WeakSet[Call] = attrs.field(factory=weakref.WeakSet, init=False)
     """Calls that already refreshed and replayed once (a call may pass here again:
     a Retry attempt, a splitter's re-request)."""
+    origins_seen: dict[tuple[object, ...], bool] = attrs.field(factory=dict, init=False)
+    """Whether the token goes to an origin, by the URL's raw parts (``_for_us``)."""
     shared: SharedToken | None = attrs.field(default=None, init=False)
     """The store that shares the token (``AuthRefresh(store=...)``), or ``None``."""
 
@@ -357,21 +389,19 @@ class _AuthHandler:
         return f"<AuthRefresh handler ({state})>"
 
     async def __call__(self, request: httpx.Request, call: Call, call_next: CallNext) -> Outcome:
-        origin = origin_of(request.url)
-        allowed = self.allowed
-        if allowed is None:
-            # A provider with no endpoint: the token is for the first origin sent to.
-            self.allowed = allowed = frozenset({origin})
-            logger.debug("resilience auth: the token is for %s only", _origin_text(origin))
-        if origin not in allowed:
-            return await self._foreign(request, call, call_next, origin)
-        got = self._usable(self.env.clock.now(), None, fast=True)
-        if got is None:
-            obtained = await self._obtain(request, call, None)
-            if isinstance(obtained, Outcome):
-                return obtained
-            got = obtained
-        token, generation = got
+        if not self._for_us(request.url):
+            return await self._foreign(request, call, call_next, origin_of(request.url))
+        token = self.token
+        if token is not None and self.env.clock.now() < self.refresh_at:
+            generation = self.generation  # the common case: a fresh cached token
+        else:
+            got = self._usable(self.env.clock.now(), None, fast=True)
+            if got is None:
+                obtained = await self._obtain(request, call, None)
+                if isinstance(obtained, Outcome):
+                    return obtained
+                got = obtained
+            token, generation = got
         outcome = await call_next(self._attach(request, token, call), call)
         if outcome.verdict.action is not Action.ACCEPT:
             self._withhold(outcome, call, token)
@@ -397,6 +427,29 @@ class _AuthHandler:
         if outcome.verdict.action is Action.REFRESH_AUTH:
             self._rejected_again(request, outcome)
         return outcome
+
+    def _for_us(self, url: httpx.URL) -> bool:
+        """Whether the token goes to ``url``'s origin (pinning the first one seen
+        when the provider names none). Remembered by the URL's raw scheme, host
+        and port, which httpx keeps parsed: most calls go to one origin."""
+        try:
+            ref = url._uri_reference
+            parts: tuple[object, ...] = (ref.scheme, ref.host, ref.port)
+        except AttributeError:  # pragma: no cover - another httpx layout
+            parts = (url.scheme, url.host, url.port)
+        known = self.origins_seen.get(parts)
+        if known is not None:
+            return known
+        origin = origin_of(url)
+        allowed = self.allowed
+        if allowed is None:
+            # A provider with no endpoint: the token is for the first origin sent to.
+            self.allowed = allowed = frozenset({origin})
+            logger.debug("resilience auth: the token is for %s only", _origin_text(origin))
+        if len(self.origins_seen) >= _ORIGINS_KEPT:
+            self.origins_seen.clear()
+        known = self.origins_seen[parts] = origin in allowed
+        return known
 
     async def _foreign(
         self, request: httpx.Request, call: Call, call_next: CallNext, origin: Origin
@@ -462,8 +515,7 @@ class _AuthHandler:
             # Telemetry writes the attempt's span before _withhold cleans the outcome.
             instrument.withhold(call, token.value)
         # A copy: the caller's request (which Retry may send again) never holds a token.
-        headers = request.headers.copy()
-        headers[self.config.header] = self.prefix + token.value
+        headers = _with_header(request.headers, self.config.header, self.prefix + token.value)
         # Built field by field: httpx.Request() would copy the headers and the URL
         # again and re-check the method, on every attempt (half this step's cost).
         copy = object.__new__(httpx.Request)

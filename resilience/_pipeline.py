@@ -265,27 +265,23 @@ class Pipeline:
         outcome = await self._chain(call.request, call)
         return await self._finish(call, outcome)
 
-    async def _send(self, request: httpx.Request, call: Call) -> Outcome:
-        """The innermost step: one attempt over the network, classified once."""
+    def _send(self, request: httpx.Request, call: Call) -> Awaitable[Outcome]:
+        """The innermost step: one attempt over the network, classified once.
+
+        Not a coroutine function: it counts the attempt and hands back the
+        attempt's own awaitable, so an attempt costs one coroutine, not two.
+        """
         call.report.attempts += 1
         # call.trace is set by the instrumentation when it records.
         if call.trace is not None and self.env.instrument is not None:
-            return await self.env.instrument.run_attempt(call, request, self._attempt)
+            return self.env.instrument.run_attempt(call, request, self._attempt)
         if (
             call.attempt_timeout is not None
             or call.cutoff is not None
             or self._attempt_limit is not None
         ):
-            return await self._attempt_limited(request, call)
-        # The common case, inline: no deadline to keep, so no scope and no frame more.
-        try:
-            response = await call.inner.handle_async_request(request)
-        except Exception as exc:
-            return self._failed(request, call, exc)
-        status = response.status_code
-        if status >= 400 or self._needs_body:
-            return await self._classify_read(request, call, response, status)
-        return Outcome(request, call.classify(request, response, None), response=response)
+            return self._attempt_limited(request, call)
+        return self._attempt_once(request, call)
 
     async def _attempt(self, request: httpx.Request, call: Call) -> Outcome:
         if (
