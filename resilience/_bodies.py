@@ -43,6 +43,10 @@ classifier (and an error's ``.response``) sees only the first bytes."""
 
 async def aclose_quietly(response: httpx.Response) -> None:
     """Close a response, shielded from cancellation, ignoring transport errors."""
+    if response.is_closed:
+        # Closed already (a body in memory is closed as it is read): httpx's
+        # aclose() would do nothing either.
+        return
     if isinstance(response.stream, httpx.ByteStream):
         # A buffered body: closing it never waits, so no (costly) shielded scope.
         await response.aclose()
@@ -73,19 +77,27 @@ async def buffer_response(
     first ``max_bytes`` (decoded) and carries ``extensions[BODY_TRUNCATED] = True``.
     """
     stream = response.stream
-    headers = response.headers
-    encoded = "content-encoding" in headers
-    decoder = _bounded_decoder(headers) if encoded else None
     if isinstance(stream, httpx.ByteStream):
         # Already in memory (mock and ASGI transports, a buffered replay): no I/O,
         # no connection to release, and nothing to replace.
         raw = b"".join(stream)
+        read = response.__dict__.get("_content") if _IDENTITY_SHORTCUT else None
+        if type(read) is bytes:
+            # And already read (``Response(content=...)`` reads it as it is built):
+            # httpx decoded it whole then, so the copy takes its first bytes.
+            truncated = len(read) > max_bytes
+            content = read[:max_bytes] if truncated else read
+            return _view(response, request, raw, content, truncated, stream)
+        headers = response.headers
+        decoder = _bounded_decoder(headers) if "content-encoding" in headers else None
         if decoder is None:
             truncated = len(raw) > max_bytes
             content = raw[:max_bytes] if truncated else raw
         else:
             content, truncated = await _decode_bounded(decoder, raw, max_bytes, response)
-        return _view(response, request, raw, content, truncated)
+        return _view(response, request, raw, content, truncated, stream)
+    headers = response.headers
+    decoder = _bounded_decoder(headers) if "content-encoding" in headers else None
     chunks: list[bytes] = []
     pieces: list[bytes] = []
     raw_size = 0
@@ -154,9 +166,18 @@ async def _close_shielded(stream: Any, iterator: Any = None) -> None:
 
 
 def _view(
-    response: httpx.Response, request: httpx.Request, raw: bytes, content: bytes, truncated: bool
+    response: httpx.Response,
+    request: httpx.Request,
+    raw: bytes,
+    content: bytes,
+    truncated: bool,
+    stream: httpx.ByteStream | None = None,
 ) -> httpx.Response:
-    """The read copy: the response's status, headers and extensions, ``content`` as body."""
+    """The read copy: the response's status, headers and extensions, ``content`` as body.
+
+    ``stream``: the response's own stream over ``raw``, when it has one (a
+    ``ByteStream`` holds its bytes and nothing else, so the copy shares it).
+    """
     extensions = response.extensions
     if truncated:
         extensions = {**extensions, BODY_TRUNCATED: True}
@@ -176,7 +197,7 @@ def _view(
     view = httpx.Response(
         response.status_code,
         headers=response.headers,
-        stream=httpx.ByteStream(raw),
+        stream=httpx.ByteStream(raw) if stream is None else stream,
         request=request,
         extensions=extensions,
     )

@@ -244,8 +244,8 @@ class Call:
             answer = _Raised(exc)
         # The shared ACCEPT (what most classifiers answer a success with) is known
         # sound; anything else is checked, and a fault logged and replaced.
-        if answer is ACCEPT:
-            verdict: Verdict = ACCEPT
+        if answer is ACCEPT or (type(answer) is Verdict and verdict_fault(answer) is None):
+            verdict: Verdict = answer
         else:
             verdict = safe_classify(
                 _Raised.replay(answer),

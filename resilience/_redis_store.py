@@ -339,6 +339,18 @@ return answers
 """
 )
 
+
+class RedisAnswerError(Exception):
+    """Redis answered something that is not the answer to the batch sent."""
+
+
+def _well_shaped(answers: object, steps: int, records: int) -> bool:
+    """Whether ``answers`` is one answer per step, the breaker records' numbers."""
+    if not isinstance(answers, list) or len(answers) != steps:
+        return False
+    return all(isinstance(answer, int) for answer in answers[:records])
+
+
 #: Breaker keys whose last answer is remembered (a custom key function may make many).
 _MAX_FLEET_KEYS = 10_000
 #: Breaker outcomes and budget counts of different keys waiting at once beyond
@@ -512,6 +524,16 @@ class RedisStore:
             self._script = client.register_script(_BATCH)
         return self._script
 
+    async def _drop_connections(self) -> None:
+        pool = getattr(self._redis, "connection_pool", None)
+        if pool is None:  # pragma: no cover - a client without a pool
+            return
+        with anyio.move_on_after(self.timeout), anyio.CancelScope(shield=True):
+            try:
+                await pool.disconnect(inuse_connections=True)
+            except Exception:  # pragma: no cover - best effort
+                logger.debug("resilience RedisStore: dropping connections failed", exc_info=True)
+
     def _use_local(self) -> bool:
         """During an outage: whether this update goes to local state (else it probes)."""
         if self._down_until is None:
@@ -581,7 +603,16 @@ class RedisStore:
         try:
             with anyio.fail_after(self.timeout):
                 answers = await script(keys=batch, args=argv)
+            if not _well_shaped(answers, argv[0], len(records)):
+                # Not this batch's answer: a connection cut by a timeout may still
+                # hold an earlier command's reply. Drop the connections; fall back.
+                await self._drop_connections()
+                raise RedisAnswerError("an answer that is not this batch's")
         except Exception as exc:
+            if isinstance(exc, TimeoutError):
+                # Cut while waiting: the reply may still come, to whoever reads that
+                # connection next. It goes instead.
+                await self._drop_connections()
             self._failed(exc)
             self._fell_back(operation, sink)
             self._budgets_locally(budgets)
@@ -598,21 +629,27 @@ class RedisStore:
 
     # -- steps that wait for a round trip --
 
+    # Each hands over what waited and leaves a new, empty dict behind, even when
+    # nothing waited: the caller holds what it took across its round trip, and
+    # an outcome queued meanwhile must go into the next batch, not into this one's
+    # answers.
     def _take_records(self) -> dict[str, list[Any]]:
         records = self._records
-        if records:
-            self._records = {}
-            if not self._budgets:
-                self._deferred_at = None
+        if not records:
+            return {}
+        self._records = {}
+        if not self._budgets:
+            self._deferred_at = None
         return records
 
     def _take_budgets(self) -> dict[str, list[Any]]:
         budgets = self._budgets
-        if budgets:
-            self._budgets = {}
-            self._deferred_at = None
-        elif not self._records:
-            self._deferred_at = None
+        if not budgets:
+            if not self._records:
+                self._deferred_at = None
+            return {}
+        self._budgets = {}
+        self._deferred_at = None
         return budgets
 
     def _budgets_locally(self, budgets: dict[str, list[Any]]) -> None:

@@ -64,6 +64,12 @@ def _retry_after(error: BaseException | None) -> float | None:
     return float(error.retry_after) if isinstance(error, CircuitOpenError) else None
 
 
+def _cut_short(delays: list[float], waited: float, delay: float) -> None:
+    """A wait cut short (a cancellation): the report says what was waited, not planned."""
+    if waited < delay:
+        delays[-1] = waited if waited > 0.0 else 0.0
+
+
 def _methods(value: Any) -> frozenset[str]:
     return v.method_set(value, "Retry", "idempotent_methods")
 
@@ -182,13 +188,29 @@ class _RetryHandler:
         attempt = 1
         previous: float | None = None
         held_since: float | None = None  # when the call was first held
+        report = call.report
+        max_attempts = self.config.max_attempts
+        # Whether the request may be replayed, asked once: its method, headers and
+        # body are the same on every attempt (and a body read stays read).
+        replay: GaveUp | None = None
+        asked = False
         while True:
             verdict = outcome.verdict
             rejected = verdict.action is not _RETRY
             if rejected and not self._may_wait_for(outcome.error):
                 return outcome
             hint = verdict.retry_after if not rejected else _retry_after(outcome.error)
-            gave_up = self._refused(request, attempt, rejected)
+            # Why the request may not be sent again, whatever the wait.
+            if attempt >= max_attempts:
+                gave_up: GaveUp | None = GaveUp.MAX_ATTEMPTS
+            elif rejected and attempt == 1:
+                # A first attempt the breaker rejected sent nothing: sending it is no replay.
+                gave_up = None
+            else:
+                if not asked:
+                    replay = self.config.is_replayable(request)
+                    asked = True
+                gave_up = replay
             if (
                 gave_up is None
                 and self.hold is not None
@@ -201,7 +223,7 @@ class _RetryHandler:
                     held_since = self.env.clock.now()
                 if not await self._hold(request, call, attempt, held_since):
                     return self._give_up(call, outcome, GaveUp.CIRCUIT_OPEN)
-                call.report.gave_up = None
+                report.gave_up = None
                 await outcome.aclose()
             else:
                 decision = (
@@ -215,9 +237,22 @@ class _RetryHandler:
                     return self._give_up(call, outcome, decision)
                 # Retrying after all: what gave up below (a Timeout(total=...) inside
                 # this layer) no longer describes the call.
-                call.report.gave_up = None
-                await outcome.aclose()
-                if not await self._wait(request, call, attempt, outcome.verdict, decision):
+                report.gave_up = None
+                response = outcome.response
+                if response is not None and not response.is_closed:
+                    await outcome.aclose()  # (one read in memory is closed already)
+                self._announce(request, call, attempt, verdict, decision)
+                if call.cutoff is None and not self.config.wait_for_half_open:
+                    # The common wait, inline (no frame more): a zero wait is exactly
+                    # one checkpoint, the clock's.
+                    clock = self.env.clock
+                    started = clock.now()
+                    try:
+                        await clock.sleep(decision)
+                    except BaseException:
+                        _cut_short(report.delays, clock.now() - started, decision)
+                        raise
+                elif not await self._wait(request, call, decision):
                     return self._give_up(call, outcome, GaveUp.DEADLINE)
                 previous = decision
             attempt += 1
@@ -231,15 +266,6 @@ class _RetryHandler:
             and isinstance(error, CircuitOpenError)
             and math.isfinite(error.retry_after)
         )
-
-    def _refused(self, request: httpx.Request, attempt: int, rejected: bool) -> GaveUp | None:
-        """Why the request may not be sent again, whatever the wait."""
-        if attempt >= self.config.max_attempts:
-            return GaveUp.MAX_ATTEMPTS
-        if rejected and attempt == 1:
-            # A first attempt the breaker rejected sent nothing: sending it is no replay.
-            return None
-        return self.config.is_replayable(request)
 
     def _decide(
         self,
@@ -278,26 +304,25 @@ class _RetryHandler:
         call.report.gave_up = gave_up
         return outcome
 
-    async def _wait(
+    def _announce(
         self, request: httpx.Request, call: Call, attempt: int, verdict: Verdict, delay: float
-    ) -> bool:
-        """Announce the retry and sleep ``delay``; the report says what was waited.
-
-        ``False`` when the call's deadline cut the sleep (the sleep is planned to end
-        before it, so only a clock that overruns in real time gets there).
-        """
-        delays = call.report.delays
-        delays.append(delay)
-        self.env.emit(
-            RetryScheduled(
-                method=request.method,
-                host=request.url.host,
-                attempt=attempt,
-                delay=delay,
-                verdict=verdict,
-            ),
-            call,
-        )
+    ) -> None:
+        """Record the retry's wait in the report, and tell hooks, telemetry and the log."""
+        call.report.delays.append(delay)
+        env = self.env
+        # Telemetry records a retry only in a call it records (call.trace): with no
+        # hook either, nobody would see the event, and it is not built.
+        if env.hooks or (call.trace is not None and env.instrument is not None):
+            env.emit(
+                RetryScheduled(
+                    method=request.method,
+                    host=request.url.host,
+                    attempt=attempt,
+                    delay=delay,
+                    verdict=verdict,
+                ),
+                call,
+            )
         if logger.isEnabledFor(logging.DEBUG):
             problem = verdict.problem
             logger.debug(
@@ -309,6 +334,15 @@ class _RetryHandler:
                 delay,
                 f" request_id={problem.request_id}" if problem and problem.request_id else "",
             )
+
+    async def _wait(self, request: httpx.Request, call: Call, delay: float) -> bool:
+        """Sleep ``delay`` (announced), by the call's real-time deadline, and for a
+        breaker's half-open when asked; the report says what was waited.
+
+        ``False`` when the call's deadline cut the sleep (the sleep is planned to end
+        before it, so only a clock that overruns in real time gets there).
+        """
+        delays = call.report.delays
         clock = self.env.clock
         started = clock.now()
         cutoff = call.cutoff
@@ -328,9 +362,7 @@ class _RetryHandler:
         except BaseException:
             # Cut short (a Timeout(total=...) above, the caller's cancellation): the
             # report says what was waited, not what was planned.
-            waited = clock.now() - started
-            if waited < delay:
-                delays[-1] = waited if waited > 0.0 else 0.0
+            _cut_short(delays, clock.now() - started, delay)
             raise
         if self.config.wait_for_half_open and self.breakers:
             # A timer may fire a little early (asyncio's clock resolution is 15.6 ms on

@@ -112,6 +112,36 @@ class Problem:
         return " ".join(parts)
 
 
+class _NoDetails(dict[str, Any]):
+    """The empty, read-only ``details`` of a problem shared between attempts (see
+    :func:`shared_problem`): a change meant for one attempt's problem would show in
+    every other's, so it is refused. Still a ``dict`` (equal to ``{}``, and
+    serialised as one)."""
+
+    __slots__ = ()
+
+    def _refuse(self, *args: object, **kwargs: object) -> NoReturn:
+        raise TypeError("this Problem is shared between attempts: its details are read-only")
+
+    __setitem__ = __delitem__ = __ior__ = _refuse
+    clear = pop = popitem = setdefault = update = _refuse
+
+
+_NO_DETAILS = _NoDetails()
+
+
+def shared_problem(
+    *, vendor: str, status: int | None, code: str | None, title: str | None
+) -> Problem:
+    """A :class:`Problem` with no details, fit to be shared: its ``details`` refuse
+    changes. For verdicts a classifier builds once and hands out for every attempt
+    with the same answer (the generic status reading does)."""
+    problem = Problem(vendor=vendor, status=status, code=code, title=title)
+    # Frozen: only this way; the converter would copy the mapping into a plain dict.
+    object.__setattr__(problem, "details", _NO_DETAILS)
+    return problem
+
+
 def _short(text: str, limit: int = 120) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 

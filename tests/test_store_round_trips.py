@@ -332,3 +332,46 @@ async def test_an_outcome_older_than_the_window_only_ends_the_run(redis_server: 
         await store.aclose()
     assert stored[b"run"] == b"0"
     assert sum(int(v) for k, v in stored.items() if k.startswith(b"n")) == 2
+
+
+class YieldingVendor(Vendor):
+    """Answers 200 after one checkpoint, so that concurrent calls interleave."""
+
+    async def __call__(self, request: httpx.Request) -> httpx.Response:
+        await anyio.lowlevel.checkpoint()
+        return await super().__call__(request)
+
+
+async def test_outcomes_queued_during_a_round_trip_go_in_the_next(redis_server: Any) -> None:
+    """Concurrent calls on one store: outcomes queued while another call's round
+    trip is out are neither read as that batch's answers (a crash, or a fallback
+    to local state) nor lost: every call succeeds, nothing falls back, and Redis
+    counts every call in the breaker's window."""
+    store = RedisStore(url=redis_server.url, prefix="app")
+    clock = VirtualClock()
+    vendor = YieldingVendor(200)
+    statuses: list[int] = []
+    try:
+        async with client(shared_layers(store), vendor, clock, []) as c:
+
+            async def one() -> None:
+                statuses.append((await c.get(URL)).status_code)
+
+            for _ in range(4):
+                async with anyio.create_task_group() as group:
+                    for _ in range(10):
+                        group.start_soon(one)
+                clock.advance(0.05)
+            await store.flush()
+        import redis.asyncio
+
+        raw = redis.asyncio.Redis.from_url(redis_server.url)
+        try:
+            breaker = await raw.hgetall(f"app:cb:{HOST}")
+        finally:
+            await raw.aclose()
+    finally:
+        await store.aclose()
+    assert statuses == [200] * 40
+    assert store.fallback_calls == 0
+    assert sum(int(v) for k, v in breaker.items() if k.startswith(b"n")) == 40
