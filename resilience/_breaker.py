@@ -18,16 +18,13 @@ registry is also shared with the PartialFailureSplitter and Retry through
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import Callable
 from math import ceil as _ceil
 from math import inf as _INF
 from typing import Any
 
-import anyio.lowlevel
 import attrs
 import httpx
-from sniffio import current_async_library
 
 from . import _validate as v
 from ._circuit import (
@@ -38,6 +35,7 @@ from ._circuit import (
     CircuitRegistry,
     _counted,
 )
+from ._clock import checkpoint as _checkpoint
 from ._http import DEFAULT_PORTS as _DEFAULT_PORTS
 from ._layer import Call, CallNext, Outcome, PipelineEnv
 from ._report import CallReport
@@ -96,18 +94,6 @@ _host_keys: dict[tuple[str, str, int | None], str] = {}
 
 KeyFunction = Callable[[httpx.Request], str | None]
 """Maps a request to its breaker key; ``None`` lets the request bypass the breaker."""
-
-
-async def _checkpoint() -> None:
-    """Yield to the scheduler and take any pending cancellation, as cheaply as the
-    running loop allows: a rejected call must not monopolise the loop (a task that
-    retries on CircuitOpenError would starve the probe that closes the circuit)."""
-    if current_async_library() == "asyncio":
-        # What anyio's checkpoint does under asyncio, without its dispatch. asyncio
-        # runs this, so it is loaded; ``import resilience`` alone does not load it.
-        await sys.modules["asyncio"].sleep(0)
-    else:
-        await anyio.lowlevel.checkpoint()
 
 
 def _function_name(function: object) -> str:

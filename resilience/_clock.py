@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import heapq
 import math
+import sys
 import time
 import weakref
 from typing import Any, Protocol, runtime_checkable
@@ -19,6 +20,7 @@ from typing import Any, Protocol, runtime_checkable
 import anyio
 import anyio.lowlevel
 import attrs
+from sniffio import current_async_library
 
 from . import _validate as v
 
@@ -38,6 +40,18 @@ class Clock(Protocol):
         ...
 
 
+async def checkpoint() -> None:
+    """Yield to the scheduler and take any pending cancellation, as cheaply as the
+    running loop allows (a zero wait, a rejected call: neither may monopolise the
+    loop, and each is one cancellation point)."""
+    if current_async_library() == "asyncio":
+        # What anyio's checkpoint does under asyncio, without its dispatch. asyncio
+        # runs this, so it is loaded; ``import resilience`` alone does not load it.
+        await sys.modules["asyncio"].sleep(0)
+    else:
+        await anyio.lowlevel.checkpoint()
+
+
 class SystemClock:
     """The real clock: :func:`time.monotonic` and :func:`anyio.sleep`."""
 
@@ -50,7 +64,7 @@ class SystemClock:
         if seconds > 0:
             await anyio.sleep(seconds)
         else:
-            await anyio.lowlevel.checkpoint()
+            await checkpoint()
 
     def __repr__(self) -> str:
         return "SystemClock()"

@@ -25,7 +25,8 @@ import attrs
 import httpx
 
 from . import _validate as v
-from ._breaker import _checkpoint, _function_name, host_key
+from ._breaker import _function_name, host_key
+from ._clock import checkpoint as _checkpoint
 from ._layer import Call, CallNext, Outcome, PipelineEnv
 from ._layer_events import ConcurrencyLimitReached
 from ._verdict import Action, Problem, Verdict

@@ -32,7 +32,8 @@ import attrs
 import httpx
 
 from . import _validate as v
-from ._breaker import _checkpoint, _function_name, host_key
+from ._breaker import _function_name, host_key
+from ._clock import checkpoint as _checkpoint
 from ._layer import Call, CallNext, Outcome, PipelineEnv
 from ._ratelimit_events import RateLimited
 from ._store import MemoryStore, StateStore

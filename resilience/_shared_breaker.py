@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from ._breaker import _BreakerHandler, _checkpoint, _open_error
+from ._breaker import _BreakerHandler, _open_error
 from ._circuit import (
     _CLOSED,
     _FAILED,
@@ -57,6 +57,7 @@ from ._circuit import (
     Circuit,
     _counted,
 )
+from ._clock import checkpoint as _checkpoint
 from ._layer import Outcome
 from .errors import ResilienceError
 

@@ -562,13 +562,17 @@ async def test_unsupported_protocol_is_not_retried() -> None:
 async def test_zero_delay_retry_costs_one_checkpoint_and_no_sleep(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """On the real clock, a zero-delay retry is exactly one cancellation checkpoint:
-    no anyio.sleep, no second yield."""
+    """On the real clock, a zero-delay retry is exactly one cancellation checkpoint
+    (anyio's, or under asyncio the ``asyncio.sleep(0)`` it stands for): no sleep,
+    no second yield."""
+    import asyncio
+
     import anyio
     import anyio.lowlevel
 
     counts = {"checkpoint": 0, "sleep": 0}
     real_checkpoint = anyio.lowlevel.checkpoint
+    real_asyncio_sleep = asyncio.sleep
 
     async def checkpoint() -> None:
         counts["checkpoint"] += 1
@@ -577,8 +581,13 @@ async def test_zero_delay_retry_costs_one_checkpoint_and_no_sleep(
     async def sleep(seconds: float) -> None:  # pragma: no cover - must not be called
         counts["sleep"] += 1
 
+    async def asyncio_sleep(seconds: float) -> None:
+        counts["checkpoint" if seconds <= 0 else "sleep"] += 1
+        await real_asyncio_sleep(seconds)
+
     monkeypatch.setattr(anyio.lowlevel, "checkpoint", checkpoint)
     monkeypatch.setattr(anyio, "sleep", sleep)
+    monkeypatch.setattr(asyncio, "sleep", asyncio_sleep)
     inner = ScriptedTransport.of(reply(503), reply(503), reply(200))
     pipeline = Pipeline([Retry(backoff=ZERO, budget=None)], telemetry=False)
     transport = ResilientTransport(pipeline, inner=inner)
