@@ -48,6 +48,12 @@ def redis_server() -> Iterator[Any]:
         server.stop()
 
 
+@pytest.fixture(scope="session")
+def redis_helper() -> Any:
+    """``tests/_redis.py`` (server, worker processes, constants), loaded once."""
+    return _redis_helper()
+
+
 def _redis_helper() -> Any:
     # The tests run with --import-mode=importlib: load the helper by its path.
     import importlib.util

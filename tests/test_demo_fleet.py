@@ -9,25 +9,15 @@ takes real time: 2 workers for 3 s.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from resilience._demo import main
 from resilience._demo_fleet import _report, expected_fetches
-
-_spec = importlib.util.spec_from_file_location(
-    "_redis_helper", Path(__file__).with_name("_redis.py")
-)
-assert _spec is not None
-assert _spec.loader is not None
-helper: Any = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(helper)
 
 
 def _run(argv: list[str]) -> tuple[int, str, str]:
@@ -41,15 +31,15 @@ def _run(argv: list[str]) -> tuple[int, str, str]:
 
 
 @pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
+def redis_url(redis_helper: Any) -> Iterator[str]:
     """A redis-server on loopback for this module; skipped (failed under CI) when missing."""
-    binary = helper.find_server()
+    binary = redis_helper.find_server()
     if binary is None:
-        must, message = helper.missing_server_message()
+        must, message = redis_helper.missing_server_message()
         if must:
             pytest.fail(message)
         pytest.skip(message)
-    server = helper.RedisServer(binary)
+    server = redis_helper.RedisServer(binary)
     server.start()
     try:
         yield server.url
@@ -132,9 +122,9 @@ def test_fleet_options_are_checked(argv: list[str], message: str) -> None:
     assert message in err
 
 
-def test_an_unreachable_redis_is_said_plainly() -> None:
+def test_an_unreachable_redis_is_said_plainly(redis_helper: Any) -> None:
     """Nothing listening: exit 2 and a line naming host and port, no traceback."""
-    port = helper.free_port()
+    port = redis_helper.free_port()
     code, out, err = _run(["demo", "--workers", "2", "--redis", f"redis://:pw@127.0.0.1:{port}/0"])
     assert code == 2
     assert f"Redis at 127.0.0.1:{port} does not answer" in err

@@ -8,9 +8,7 @@ server's clock would do), and advances each pipeline's VirtualClock past its own
 
 from __future__ import annotations
 
-import importlib.util
 import logging
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -26,14 +24,6 @@ from resilience import (
 )
 from resilience.errors import CircuitOpenError, ConfigurationError
 from resilience.testing import VirtualClock
-
-_spec = importlib.util.spec_from_file_location(
-    "_redis_helper", Path(__file__).with_name("_redis.py")
-)
-assert _spec is not None
-assert _spec.loader is not None
-helper: Any = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(helper)
 
 pytestmark = pytest.mark.anyio
 
@@ -201,11 +191,11 @@ def test_the_store_must_be_a_redis_store() -> None:
         CircuitBreaker(store=object())
 
 
-def test_one_process_opens_the_breaker_for_four(redis_server: Any) -> None:
+def test_one_process_opens_the_breaker_for_four(redis_helper: Any, redis_server: Any) -> None:
     """A process whose vendor fails opens the shared circuit; then 4 processes whose
     vendor answers each send one call (their circuit was closed), learn "open" from
     its answer, open their own circuit once, and fail the other 9 calls fast."""
-    (failer,) = helper.run_breaker_workers(redis_server.url, "fleet", "fail", 1, 10)
+    (failer,) = redis_helper.run_breaker_workers(redis_server.url, "fleet", "fail", 1, 10)
     assert failer == "3 7 1"
-    watchers = helper.run_breaker_workers(redis_server.url, "fleet", "ok", 4, 10)
+    watchers = redis_helper.run_breaker_workers(redis_server.url, "fleet", "ok", 4, 10)
     assert watchers == ["1 9 1"] * 4

@@ -10,9 +10,7 @@ asyncio client) and time with the server's clock.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -30,14 +28,6 @@ from resilience import (
 )
 from resilience.errors import ConfigurationError
 from resilience.testing import ScriptedTransport, VirtualClock, reply
-
-_spec = importlib.util.spec_from_file_location(
-    "_redis_helper", Path(__file__).with_name("_redis.py")
-)
-assert _spec is not None
-assert _spec.loader is not None
-helper: Any = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(helper)
 
 pytestmark = pytest.mark.anyio
 
@@ -198,16 +188,16 @@ async def test_redis_killed_the_budget_keeps_serving_on_local_state(
     assert len([r for r in caplog.records if "failed" in r.getMessage()]) == 1
 
 
-def test_four_processes_share_one_budget(redis_server: Any) -> None:
+def test_four_processes_share_one_budget(redis_helper: Any, redis_server: Any) -> None:
     """4 worker processes, each making 30 failing calls with 3 retries each allowed,
     share a floor of 5 retries a second: their retries together stay within the
     floor for every second they ran (each alone would have had the floor)."""
-    results = helper.run_budget_workers(redis_server.url, "fleet", 4, 30)
+    results = redis_helper.run_budget_workers(redis_server.url, "fleet", 4, 30)
     total = sum(retries for retries, _ in results)
     seconds = max(span for _, span in results)
     # Any span of S seconds lies within floor(S) + 2 windows of a second.
-    allowance = helper.BUDGET_FLOOR * (int(seconds) + 2)
-    assert helper.BUDGET_FLOOR <= total <= allowance, (results, allowance)
+    allowance = redis_helper.BUDGET_FLOOR * (int(seconds) + 2)
+    assert redis_helper.BUDGET_FLOOR <= total <= allowance, (results, allowance)
     if seconds < 1.0:
         # Unshared, 4 processes would have sent 4 floors in that second.
-        assert total < 4 * helper.BUDGET_FLOOR
+        assert total < 4 * redis_helper.BUDGET_FLOOR

@@ -7,9 +7,7 @@ set) and the in-memory metric reader.
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -27,14 +25,6 @@ from resilience import (
     RetryBudget,
 )
 from resilience.testing import VirtualClock, reply
-
-_spec = importlib.util.spec_from_file_location(
-    "_redis_helper", Path(__file__).with_name("_redis.py")
-)
-assert _spec is not None
-assert _spec.loader is not None
-helper: Any = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(helper)
 
 pytestmark = pytest.mark.anyio
 

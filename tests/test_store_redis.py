@@ -10,11 +10,9 @@ for the store's ``retry_interval``.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -23,14 +21,6 @@ import pytest
 from resilience import Pipeline, RateLimiter, RedisStore, ResilientTransport
 from resilience.errors import RateLimitExceeded
 from resilience.testing import VirtualClock
-
-_spec = importlib.util.spec_from_file_location(
-    "_redis_helper", Path(__file__).with_name("_redis.py")
-)
-assert _spec is not None
-assert _spec.loader is not None
-helper: Any = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(helper)
 
 pytestmark = pytest.mark.anyio
 
@@ -210,16 +200,18 @@ async def test_redis_paused_times_out_instead_of_hanging(redis_server: Any) -> N
         await store.aclose()
 
 
-def test_four_processes_share_one_rate_within_five_percent(redis_server: Any) -> None:
+def test_four_processes_share_one_rate_within_five_percent(
+    redis_helper: Any, redis_server: Any
+) -> None:
     """4 worker processes sharing one limit of 500/s send 500/s between them (±5%).
 
     The window is measured, first slot given to last, over all four: a worker
     whose interpreter started late widens it rather than skewing the rate.
     """
     rate, seconds = 500.0, 2.0
-    counts, window = helper.run_workers(redis_server.url, "fleet", 4, seconds, rate)
+    counts, window = redis_helper.run_workers(redis_server.url, "fleet", 4, seconds, rate)
     assert window > seconds * 0.9
     total = sum(counts)
-    expected = rate * window + helper.BURST
+    expected = rate * window + redis_helper.BURST
     assert abs(total - expected) <= 0.05 * expected, (counts, total, expected)
     assert all(count > 0 for count in counts), counts

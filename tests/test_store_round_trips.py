@@ -9,8 +9,6 @@ Pipelines run on VirtualClocks; the fleet's break is ended by hand, as in
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -33,14 +31,6 @@ from resilience import (
 )
 from resilience.errors import CircuitOpenError
 from resilience.testing import VirtualClock
-
-_spec = importlib.util.spec_from_file_location(
-    "_redis_helper", Path(__file__).with_name("_redis.py")
-)
-assert _spec is not None
-assert _spec.loader is not None
-helper: Any = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(helper)
 
 pytestmark = pytest.mark.anyio
 

@@ -10,10 +10,8 @@ token's key lives on the Redis server's clock.
 from __future__ import annotations
 
 import base64
-import importlib.util
 import logging
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -31,14 +29,6 @@ from resilience import (
 )
 from resilience.errors import ConfigurationError
 from resilience.testing import VirtualClock, reply, serve, through
-
-_spec = importlib.util.spec_from_file_location(
-    "_redis_helper", Path(__file__).with_name("_redis.py")
-)
-assert _spec is not None
-assert _spec.loader is not None
-helper: Any = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(helper)
 
 pytestmark = pytest.mark.anyio
 
@@ -225,9 +215,9 @@ async def test_the_store_must_be_a_state_store() -> None:
 
 
 @pytest.fixture
-async def endpoint() -> AsyncIterator[tuple[str, Any]]:
-    """A loopback token endpoint and API (helper.TokenApp), served in a thread."""
-    app = helper.TokenApp(expires_in=3.0)
+async def endpoint(redis_helper: Any) -> AsyncIterator[tuple[str, Any]]:
+    """A loopback token endpoint and API (redis_helper.TokenApp), served in a thread."""
+    app = redis_helper.TokenApp(expires_in=3.0)
     async with serve(app) as base_url:
         yield base_url, app
 
@@ -250,11 +240,11 @@ async def everything_in(url: str) -> str:
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
 async def test_eight_processes_fetch_one_token_per_expiry(
-    redis_server: Any, endpoint: tuple[str, Any]
+    redis_helper: Any, redis_server: Any, endpoint: tuple[str, Any]
 ) -> None:
     """8 worker processes for 2 s on a token of 3 s refreshed at 1.5 s: 2 fetches, not 16."""
     base_url, app = endpoint
-    results = helper.run_token_workers(redis_server.url, "fleet", base_url, 8, 2.0, skew=1.5)
+    results = redis_helper.run_token_workers(redis_server.url, "fleet", base_url, 8, 2.0, skew=1.5)
     assert all(failed == 0 and ok > 0 for ok, failed, _ in results), results
     assert app.issued == 2, (app.issued, results)
     assert sum(fetched for _, _, fetched in results) == 2
@@ -262,7 +252,7 @@ async def test_eight_processes_fetch_one_token_per_expiry(
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
 async def test_a_revoked_token_is_refetched_once_by_the_fleet(
-    redis_server: Any, endpoint: tuple[str, Any]
+    redis_helper: Any, redis_server: Any, endpoint: tuple[str, Any]
 ) -> None:
     """The endpoint revokes every token 0.7 s in: 4 processes make one new fetch
     between them, and no call fails (each replays with the new token). The secret
@@ -270,16 +260,16 @@ async def test_a_revoked_token_is_refetched_once_by_the_fleet(
     base_url, app = endpoint
     app.expires_in = 3600.0
     app.revoke_after = 0.7
-    results = helper.run_token_workers(redis_server.url, "fleet", base_url, 4, 1.5, skew=60.0)
+    results = redis_helper.run_token_workers(redis_server.url, "fleet", base_url, 4, 1.5, skew=60.0)
     assert all(failed == 0 and ok > 0 for ok, failed, _ in results), results
     assert app.issued == 2, (app.issued, results)
     assert app.rejected > 0
     dump = await everything_in(redis_server.url)
-    assert helper.SECRET not in dump
+    assert redis_helper.SECRET not in dump
     assert "tok-2" in dump
-    pair = base64.b64encode(f"{helper.CLIENT_ID}:{helper.SECRET}".encode()).decode()
+    pair = base64.b64encode(f"{redis_helper.CLIENT_ID}:{redis_helper.SECRET}".encode()).decode()
     assert pair not in dump
-    assert f"fleet:tok:http:{helper.CLIENT_ID}=" in dump
+    assert f"fleet:tok:http:{redis_helper.CLIENT_ID}=" in dump
 
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
