@@ -96,13 +96,16 @@ def origin_of(url: httpx.URL) -> Origin:
     return scheme, url.host, url.port or DEFAULT_PORTS.get(scheme, 0)
 
 
-def _with_header(headers: httpx.Headers, name: str, value: str) -> httpx.Headers:
-    """A copy of ``headers`` with ``name`` set to ``value`` (any earlier one gone).
+def _with_header(
+    headers: httpx.Headers, name: str, value: str, item: tuple[bytes, bytes, bytes]
+) -> httpx.Headers:
+    """A copy of ``headers`` with ``name`` set to ``value`` (any earlier one gone);
+    ``item`` is that header as httpx keeps it: (raw name, lower-cased name, value).
 
-    httpx keeps headers as (raw name, lower-cased name, value) byte triples; the
-    copy takes them as they are instead of decoding and re-encoding each one
-    (``Headers.copy()`` plus ``__setitem__`` cost three times as much), and falls
-    back to those when the layout is not the one expected.
+    httpx keeps headers as such byte triples; the copy takes them as they are
+    instead of decoding and re-encoding each one (``Headers.copy()`` plus
+    ``__setitem__`` cost three times as much), and falls back to those when the
+    layout is not the one expected.
     """
     items = getattr(headers, "_list", None)
     encoding: Any = getattr(headers, "_encoding", _UNSET)
@@ -110,18 +113,17 @@ def _with_header(headers: httpx.Headers, name: str, value: str) -> httpx.Headers
         copy = headers.copy()
         copy[name] = value
         return copy
-    raw = name.encode("ascii")
-    lower = raw.lower()
+    lower = item[1]
     copy = httpx.Headers()
-    kept = [item for item in items if item[1] != lower]
-    # A token value is printable ASCII (checked when it is made).
-    kept.append((raw, lower, value.encode("ascii")))
+    kept = [each for each in items if each[1] != lower]
+    kept.append(item)
     copy._list = kept
     copy._encoding = encoding
     return copy
 
 
 _UNSET = object()
+_ACCEPT = Action.ACCEPT
 
 
 def _origin_text(origin: Origin) -> str:
@@ -379,6 +381,10 @@ class _AuthHandler:
     replayed: weakref.WeakSet[Call] = attrs.field(factory=weakref.WeakSet, init=False)
     """Calls that already refreshed and replayed once (a call may pass here again:
     a Retry attempt, a splitter's re-request)."""
+    header_item: tuple[Token, str, str, tuple[bytes, bytes, bytes]] | None = attrs.field(
+        default=None, init=False
+    )
+    """The token last attached, with its header's name and value (``_attach``)."""
     origins_seen: dict[tuple[object, ...], bool] = attrs.field(factory=dict, init=False)
     """Whether the token goes to an origin, by the URL's raw parts (``_for_us``)."""
     shared: SharedToken | None = attrs.field(default=None, init=False)
@@ -403,8 +409,10 @@ class _AuthHandler:
                 got = obtained
             token, generation = got
         outcome = await call_next(self._attach(request, token, call), call)
-        if outcome.verdict.action is not Action.ACCEPT:
-            self._withhold(outcome, call, token)
+        action = outcome.verdict.action
+        if action is _ACCEPT:
+            return outcome
+        self._withhold(outcome, call, token)
         if outcome.verdict.action is not Action.REFRESH_AUTH:
             return outcome
         if call in self.replayed:
@@ -515,7 +523,16 @@ class _AuthHandler:
             # Telemetry writes the attempt's span before _withhold cleans the outcome.
             instrument.withhold(call, token.value)
         # A copy: the caller's request (which Retry may send again) never holds a token.
-        headers = _with_header(request.headers, self.config.header, self.prefix + token.value)
+        item = self.header_item
+        if item is None or item[0] is not token:
+            # Once per token: the header as httpx keeps it (raw name, lower-cased
+            # name, value), rather than built and encoded on every attempt.
+            name = self.config.header
+            value = self.prefix + token.value
+            # A header name and a token value are printable ASCII (checked when made).
+            raw = name.encode("ascii")
+            item = self.header_item = (token, name, value, (raw, raw.lower(), value.encode()))
+        headers = _with_header(request.headers, item[1], item[2], item[3])
         # Built field by field: httpx.Request() would copy the headers and the URL
         # again and re-check the method, on every attempt (half this step's cost).
         copy = object.__new__(httpx.Request)

@@ -30,7 +30,7 @@ from ._bodies import (
     buffer_response,
 )
 from ._classifier import Classifier
-from ._clock import Clock, default_clock
+from ._clock import Clock, SystemClock, default_clock
 from ._layer import Call, CallNext, Handler, Instrument, Layer, Outcome, PipelineEnv
 from ._loader import resolve_classifier
 from ._order import check_layer_order
@@ -38,7 +38,7 @@ from ._report import GaveUp
 from ._telemetry_names import CURRENT_PIPELINE, check_known_methods, check_name
 from ._timeout import _TimeoutHandler
 from ._verdict import Action, Verdict
-from ._watchdog import watchdog
+from ._watchdog import arm
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider
@@ -134,6 +134,7 @@ class Pipeline:
         self.layers: tuple[Layer, ...] = tuple(layers)
         self.classifier: Classifier = resolve_classifier(classifier)
         self.clock: Clock = clock if clock is not None else default_clock()
+        self._real_clock = type(self.clock) is SystemClock
         self.raise_on_failure = raise_on_failure
         instrument: Instrument | None = None
         if telemetry:
@@ -214,9 +215,10 @@ class Pipeline:
         call = Call(self.env, inner, request)
         total = self._total
         if total is not None:
-            call.deadline = self.clock.now() + total
+            cutoff = call.cutoff = _monotonic() + total
+            # The real clock is monotonic() itself: one reading serves both.
+            call.deadline = cutoff if self._real_clock else self.clock.now() + total
             call.total_timeout = total
-            call.cutoff = _monotonic() + total
         # Every copy a layer makes carries it, so a classifier reads the call's
         # history here (report_of(request)) instead of keeping any of its own.
         extensions = request.extensions
@@ -308,14 +310,12 @@ class Pipeline:
                 by_deadline = True
         assert limit is not None
         progress = _Progress(request.extensions) if self._watch_pool(call.inner) else None
-        guard = watchdog()
+        watch = arm(limit)
         try:
-            if guard is None:
+            if watch is None:
                 with anyio.move_on_after(limit):
                     return await self._attempt_once(request, call)
             else:
-                dog, task = guard
-                watch = dog.start(task, limit)
                 try:
                     # _attempt_once, inline: a frame less on every limited attempt.
                     try:
@@ -331,19 +331,16 @@ class Pipeline:
                             outcome = Outcome(request, verdict, response=response)
                 except BaseException as exc:
                     # Only the watchdog's own cancellation, and no other, is a timeout.
-                    if not (watch.fired and isinstance(exc, dog.cancelled)):
-                        raise
-                    if task.uncancel() > watch.cancelling:
+                    if not (watch.fired and watch.cut(exc)):
                         raise
                 else:
-                    if not watch.fired:
-                        return outcome
-                    # Cut as it ended (the transport swallowed the cancellation):
-                    # it ended all the same, so the cut is taken back.
-                    task.uncancel()
+                    if watch.fired:
+                        # Cut as it ended (the transport swallowed the cancellation):
+                        # it ended all the same, so the cut is taken back.
+                        watch.task.uncancel()
                     return outcome
                 finally:
-                    dog.end(watch)
+                    watch.end()
         finally:
             if progress is not None:
                 progress.restore()

@@ -26,7 +26,7 @@ import heapq
 import sys
 from typing import Any
 
-__all__ = ["Watch", "Watchdog", "watchdog"]
+__all__ = ["Watch", "Watchdog", "arm", "watchdog"]
 
 #: Seconds a cut waits when the task is inside a shielded scope, before trying again.
 _SHIELD_RETRY = 0.001
@@ -55,9 +55,10 @@ def _load_task_states() -> Any:
 class Watch:
     """One guarded region: a task, the cancel count it had, and whether it was cut."""
 
-    __slots__ = ("cancelling", "fired", "scope", "task")
+    __slots__ = ("cancelling", "dog", "fired", "scope", "task")
 
-    def __init__(self, task: Any, cancelling: int, scope: object) -> None:
+    def __init__(self, dog: Watchdog, task: Any, cancelling: int, scope: object) -> None:
+        self.dog = dog
         self.task: Any = task
         """The task, until the region ends (``None`` then)."""
         self.cancelling = cancelling
@@ -65,6 +66,18 @@ class Watch:
         """Whether the watchdog cancelled the task for this region."""
         self.scope = scope
         """The task's innermost anyio scope when the region began."""
+
+    def cut(self, error: BaseException) -> bool:
+        """Whether ``error``, raised in a region the watchdog cut, is that cut alone
+        (taken back, so the attempt is a timeout), rather than another
+        cancellation too (which goes on)."""
+        if not isinstance(error, self.dog.cancelled):
+            return False
+        return bool(self.task.uncancel() <= self.cancelling)
+
+    def end(self) -> None:
+        """The region ended (in time or not): its entry is dead."""
+        self.dog.end(self)
 
 
 class Watchdog:
@@ -86,7 +99,7 @@ class Watchdog:
         """Guard ``task`` for ``seconds`` from now; :meth:`end` the returned watch."""
         states = _anyio_task_states
         state = states.get(task) if states is not None else None
-        watch = Watch(task, task.cancelling(), None if state is None else state.cancel_scope)
+        watch = Watch(self, task, task.cancelling(), None if state is None else state.cancel_scope)
         when = self.loop.time() + seconds
         self._seq += 1
         heap = self._heap
@@ -157,6 +170,29 @@ _WATCHDOGS: dict[int, Watchdog] = {}
 _last: Watchdog | None = None
 #: ``Task.uncancel`` (Python 3.11): without it a native cut cannot be taken back.
 _UNCANCEL = sys.version_info >= (3, 11)
+
+
+def arm(seconds: float) -> Watch | None:
+    """Guard the running task for ``seconds``: its :class:`Watch` (``end()`` it
+    when the region ends), or ``None`` when the engine should use an anyio scope
+    instead (trio, Python 3.10, no task)."""
+    asyncio = sys.modules.get("asyncio")
+    if asyncio is None or not _UNCANCEL:
+        return None
+    # The running loop without an exception when there is none (under trio).
+    loop = asyncio._get_running_loop()
+    if loop is None:
+        return None
+    dog = _last
+    if dog is None or dog.loop is not loop:
+        found = watchdog()
+        if found is None:
+            return None
+        dog = found[0]
+    task = asyncio.current_task(loop)
+    if task is None:
+        return None
+    return dog.start(task, seconds)
 
 
 def watchdog() -> tuple[Watchdog, Any] | None:
