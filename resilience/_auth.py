@@ -109,12 +109,12 @@ def _with_header(
     """
     items = getattr(headers, "_list", None)
     encoding: Any = getattr(headers, "_encoding", _UNSET)
-    if type(items) is not list or encoding is _UNSET:  # pragma: no cover - another httpx
+    if not _HEADERS_AS_KNOWN or type(items) is not list:  # pragma: no cover - another httpx
         copy = headers.copy()
         copy[name] = value
         return copy
     lower = item[1]
-    copy = httpx.Headers()
+    copy = object.__new__(httpx.Headers)  # its two fields are set just below
     kept = [each for each in items if each[1] != lower]
     kept.append(item)
     copy._list = kept
@@ -123,6 +123,9 @@ def _with_header(
 
 
 _UNSET = object()
+#: Whether httpx.Headers holds exactly its byte triples and encoding, as
+#: ``_with_header`` builds one (checked once: a future httpx may differ).
+_HEADERS_AS_KNOWN = set(vars(httpx.Headers())) == {"_list", "_encoding"}
 _ACCEPT = Action.ACCEPT
 
 

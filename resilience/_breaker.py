@@ -29,6 +29,7 @@ import httpx
 from . import _validate as v
 from ._circuit import (
     _CLOSED,
+    _COUNTED,
     MAX_WINDOW_CALLS,
     MIN_WINDOW,
     Circuit,
@@ -91,6 +92,8 @@ _PARSED_URLS = _parsed_urls_work()
 _HOST_KEYS_KEPT = 1024
 _host_keys: dict[tuple[str, str, int | None], str] = {}
 
+
+_ACCEPT = Action.ACCEPT
 
 KeyFunction = Callable[[httpx.Request], str | None]
 """Maps a request to its breaker key; ``None`` lets the request bypass the breaker."""
@@ -362,6 +365,21 @@ class _BreakerHandler:
             self._settle(key, circuit, gen, 0, call)
             raise
         error = outcome.error
+        verdict = outcome.verdict
+        if (
+            error is None
+            and verdict.action is _ACCEPT
+            and not verdict.breaker_failure
+            and not self._timed
+            and circuit._state is _CLOSED
+            and circuit._gen == gen
+            and self._circuits.get(key) is circuit
+        ):
+            # The common case, inline: a success of a closed circuit (what _settle,
+            # _complete and _counted come to for it).
+            circuit._count(_COUNTED, call)
+            circuit._run = 0
+            return outcome
         if error is not None and isinstance(error, ResilienceError):
             code = 0  # made by an inner layer (an inner breaker, AuthRefresh): not ours
         elif self._timed:
