@@ -297,10 +297,15 @@ class Pipeline:
     async def _attempt_limited(self, request: httpx.Request, call: Call) -> Outcome:
         """One attempt, cut at the nearer of its own limit and the call's deadline.
 
-        The one cancel scope of the attempt: the Timeout layers above only set
-        ``call.attempt_timeout`` and ``call.deadline`` (on the pipeline's clock).
+        The Timeout layers only set ``call.attempt_timeout`` and the call's
+        deadline (``call.cutoff`` in real time) or were folded into the engine:
+        this is the one place an attempt is cut, by the loop's watchdog under
+        asyncio (``_watchdog.py``), else by one anyio scope.
         """
-        limit = _nearer(call.attempt_timeout, self._attempt_limit)
+        limit = call.attempt_timeout
+        folded = self._attempt_limit
+        if limit is None or (folded is not None and folded < limit):
+            limit = folded
         cutoff = call.cutoff
         by_deadline = False
         if cutoff is not None:
@@ -309,7 +314,13 @@ class Pipeline:
                 limit = remaining if remaining > 0.0 else 0.0
                 by_deadline = True
         assert limit is not None
-        progress = _Progress(request.extensions) if self._watch_pool(call.inner) else None
+        inner = call.inner
+        quiet = self._quiet
+        progress = (
+            None
+            if (quiet is not None and quiet() is inner) or not self._watch_pool(inner)
+            else _Progress(request.extensions)
+        )
         watch = arm(limit)
         try:
             if watch is None:
@@ -319,7 +330,7 @@ class Pipeline:
                 try:
                     # _attempt_once, inline: a frame less on every limited attempt.
                     try:
-                        response = await call.inner.handle_async_request(request)
+                        response = await inner.handle_async_request(request)
                     except Exception as exc:
                         outcome = self._failed(request, call, exc)
                     else:
@@ -345,8 +356,7 @@ class Pipeline:
             if progress is not None:
                 progress.restore()
                 if progress.reached:
-                    self._tracing.add(call.inner)
-        inner = call.inner
+                    self._tracing.add(inner)
         if (
             progress is not None
             and not progress.reached

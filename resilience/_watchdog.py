@@ -116,6 +116,8 @@ class Watchdog:
     def end(self, watch: Watch) -> None:
         """The region ended (in time or not): its entry is dead."""
         watch.task = None
+        if watch.fired:
+            return  # popped when it fired: no entry left behind
         self._dead += 1
         if self._dead > _SLACK and self._dead > len(self._heap) // 2:
             live = [entry for entry in self._heap if entry[2].task is not None]
