@@ -28,8 +28,8 @@ import collections
 import enum
 import logging
 import math
-from collections.abc import Callable, Iterator
-from typing import Protocol
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, Protocol
 
 import httpx
 
@@ -648,9 +648,13 @@ class CircuitRegistry:
         "_width",
         "_window",
         "_window_calls",
+        "fleet_look",
     )
 
     def __init__(self, config: CircuitPolicy, env: PipelineEnv) -> None:
+        self.fleet_look: Callable[[Any, float], Awaitable[bool]] | None = None
+        """How a held call looks at the fleet's state of a circuit shared through a
+        store (set by the breaker with a store; ``None``: this process alone)."""
         self._config = config
         self._env = env
         self._clock = env.clock

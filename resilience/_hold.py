@@ -141,13 +141,10 @@ FleetLook = Callable[[Any, float], Awaitable[bool]]
 
 def _fleet_look(gate: Gate) -> FleetLook | None:
     """How a held call on ``gate`` looks at its fleet; ``None`` for a circuit of
-    this process alone."""
-    config = getattr(getattr(gate, "_registry", None), "_config", None)
-    if getattr(config, "store", None) is None:
-        return None
-    from ._shared_breaker import poll_fleet
-
-    return poll_fleet
+    this process alone. A breaker with a store puts its look on the circuits'
+    registry (``CircuitRegistry.fleet_look``) when it is bound."""
+    look: FleetLook | None = getattr(getattr(gate, "_registry", None), "fleet_look", None)
+    return look
 
 
 class _Waiter:

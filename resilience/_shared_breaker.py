@@ -90,6 +90,8 @@ class StoreBreakerHandler(_BreakerHandler):
 
     def __init__(self, config: CircuitBreaker, env: PipelineEnv, registry: CircuitRegistry) -> None:
         super().__init__(config, env, registry)
+        # Held calls on these circuits look at the fleet this way (_hold.py).
+        registry.fleet_look = poll_fleet
         self._config = config
         store = config.store
         bound = getattr(store, "bound", None)
