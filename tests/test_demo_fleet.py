@@ -3,7 +3,7 @@
 The run goes through the real command against the Tellus simulator on loopback
 and a ``redis-server`` the test starts (skipped, failed under CI=true, when it is
 missing, as the other Redis tests). The workers are other processes, so the run
-takes real time: 2 workers for 3 s.
+takes real time: 2 workers for 5 s.
 """
 
 from __future__ import annotations
@@ -30,6 +30,10 @@ def _run(argv: list[str]) -> tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
+#: Seconds of the fleet run the tests share.
+SECONDS = 5
+
+
 @pytest.fixture(scope="module")
 def redis_url(redis_helper: Any) -> Iterator[str]:
     """A redis-server on loopback for this module; skipped (failed under CI) when missing."""
@@ -49,9 +53,12 @@ def redis_url(redis_helper: Any) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def fleet(redis_url: str) -> dict[str, Any]:
-    """One JSON fleet run: 2 workers, 3 s, Tellus (shared by the tests below)."""
+    """One JSON fleet run: 2 workers, 5 s, Tellus (shared by the tests below).
+
+    5 s, not less: calls that meet the open breaker are held until a probe
+    succeeds after the 1.5 s outage, and the fleet must see some of them through."""
     code, out, err = _run(
-        ["demo", "--workers", "2", "--redis", redis_url, "--seconds", "3", "--json"]
+        ["demo", "--workers", "2", "--redis", redis_url, "--seconds", str(SECONDS), "--json"]
     )
     assert code == 0, err
     return dict(json.loads(out))
@@ -63,7 +70,7 @@ def test_the_fleet_holds_the_rate_limit(fleet: dict[str, Any]) -> None:
     Tellus's 60 queries a minute) answered none over it."""
     assert fleet["vendor"] == "tellus"
     # The fleet shares 12 slots, handed out in the order they are asked for: a
-    # worker whose callers queued behind the other's may finish none in 3 s. So
+    # worker whose callers queued behind the other's may finish none. So
     # each worker is only known to have run, and the fleet to have been answered.
     assert len({w["pid"] for w in fleet["per_worker"]}) == 2
     assert sum(w["ok"] for w in fleet["per_worker"]) > 0
@@ -75,9 +82,13 @@ def test_the_fleet_holds_the_rate_limit(fleet: dict[str, Any]) -> None:
 
 
 def test_the_fleet_fetches_one_token_per_expiry(fleet: dict[str, Any]) -> None:
-    """A 4 s token refreshed at 2 s, 3 s of run: 2 token requests for the fleet, not 4."""
-    assert fleet["token_requests"] == expected_fetches(3) == 2
-    assert sum(w["fetched"] for w in fleet["per_worker"]) == 2
+    """A 4 s token refreshed at 2 s, 5 s of run: at most 3 token requests for the
+    fleet (the last refresh is due only if a call comes after 4 s), never one per
+    worker and refresh (6)."""
+    requests = fleet["token_requests"]
+    assert expected_fetches(SECONDS) == 3
+    assert 2 <= requests <= 3
+    assert sum(w["fetched"] for w in fleet["per_worker"]) == requests
 
 
 def test_the_shared_breaker_opens_once_for_the_fleet(fleet: dict[str, Any]) -> None:
@@ -98,7 +109,7 @@ def test_the_text_report_says_what_is_shared(fleet: dict[str, Any]) -> None:
     text = "\n".join(_report(fleet))
     assert "tellus-queries" in text
     assert "answered 0 of them over its limit" in text
-    assert "2 token request(s) from the whole fleet" in text
+    assert f"{fleet['token_requests']} token request(s) from the whole fleet" in text
     assert "the circuit breaker in Redis" in text
     assert "so it opened once for the fleet" in text
 
