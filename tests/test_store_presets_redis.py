@@ -77,3 +77,26 @@ async def test_a_redis_store_shares_the_presets_breaker(redis_server: Any) -> No
     finally:
         for store in stores:
             await store.aclose()
+
+
+async def test_a_preset_with_a_shared_breaker_fails_fast_unless_told_to_hold(
+    redis_server: Any,
+) -> None:
+    """With a breaker shared through Redis the preset's Retry does not hold calls
+    (they fail fast, with the next look at the fleet as retry_after); without a
+    store, or with Retry(hold=...) asked for, it holds as before."""
+    from resilience import Hold, Retry
+
+    def retry_of(pipeline: Any) -> Any:
+        return next(layer for layer in pipeline.layers if isinstance(layer, Retry))
+
+    store = RedisStore(url=redis_server.url, prefix="app")
+    try:
+        shared = standard_pipeline("http", store=store, telemetry=False)
+        asked = standard_pipeline("http", store=store, hold=Hold(), telemetry=False)
+        alone = standard_pipeline("http", telemetry=False)
+    finally:
+        await store.aclose()
+    assert retry_of(shared).hold is None
+    assert retry_of(asked).hold is not None
+    assert retry_of(alone).hold is not None
