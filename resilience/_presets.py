@@ -221,13 +221,6 @@ class PresetSettings:
         store = settings.store
         if store is not None:
             settings = settings.shared(store, _budget_key(classifier, pipeline_options))
-            if "hold" not in overrides and getattr(settings.breaker, "store", None) is not None:
-                # Not yet with a breaker shared between processes: held calls there
-                # were seen waiting out their deadlines while the fleet's probe lease
-                # kept being taken (the fleet demo, cold starts). Calls fail fast
-                # instead, with the next look as retry_after; Retry(hold=...) given
-                # explicitly still holds.
-                settings = attrs.evolve(settings, hold=None)
         for limiter in settings.rate_limits:
             if store is not None and limiter.store is None:
                 limiter = attrs.evolve(limiter, store=store)

@@ -134,6 +134,12 @@ class StoreBreakerHandler(_BreakerHandler):
                     assert answer is not None
                     self._open(circuit, now, answer[1], call)
                     return self._reject(request, call, key, answer[1])
+                if code == _PROBE_MINE and circuit._state is _OPEN:
+                    # The fleet's probe is this call's. A look by another call of this
+                    # process while the lease was being taken saw the lease (whose, it
+                    # cannot tell) and kept the circuit open for another poll: that
+                    # must not refuse the probe it saw, or the two go round for ever.
+                    circuit._until = min(circuit._until, now)
                 if circuit._state is not _CLOSED:
                     wait = circuit._admit(now, call)
                     if wait is not None:

@@ -202,3 +202,46 @@ def test_one_process_opens_the_breaker_for_four(redis_helper: Any, redis_server:
     assert failer == "3 7 1"
     watchers = redis_helper.run_breaker_workers(redis_server.url, "fleet", "ok", 4, 10)
     assert watchers == ["1 9 1"] * 4
+
+
+async def test_a_look_while_the_probe_is_taken_does_not_refuse_it(
+    redis_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fleet's probe lease is this call's, but another call of the same process
+    looked at the fleet while it was being taken, saw a lease (it cannot tell
+    whose) and kept the circuit open for another poll: the probe still goes.
+    (Refusing it freed the lease, and the next look saw the next take: held calls
+    of a whole fleet went round like that until their deadlines.)"""
+    from resilience import CircuitRegistry
+
+    store = RedisStore(url=redis_server.url, prefix="app")
+    vendor = Vendor(503)
+    clock = VirtualClock()
+    changes: list[str] = []
+    circuits: list[Any] = []
+    taking = RedisStore.breaker_probe
+
+    async def take_while_another_looks(self: RedisStore, key: str, **kwargs: Any) -> Any:
+        answer = await taking(self, key, **kwargs)
+        if kwargs.get("take", True) and circuits:
+            # What a concurrent look that saw this very lease does to the circuit.
+            circuits[0]._until = clock.now() + store.probe_poll
+        return answer
+
+    monkeypatch.setattr(RedisStore, "breaker_probe", take_while_another_looks)
+    try:
+        async with process(store, vendor, clock, changes) as client:
+            for _ in range(3):
+                await client.get(URL)
+            assert changes == ["closed->open"]
+            pipeline = client._transport.pipeline  # type: ignore[attr-defined]
+            circuits.append(CircuitRegistry.of(pipeline).get("https://vendor.test:443"))
+            redis_server.command(b"HSET", KEY, b"until", b"1")  # the fleet's break is over
+            clock.advance(31.0)
+            vendor.status = 200
+            response = await client.get(URL)
+    finally:
+        await store.aclose()
+    assert response.status_code == 200
+    assert vendor.sent == 4
+    assert changes == ["closed->open", "open->half_open", "half_open->closed"]

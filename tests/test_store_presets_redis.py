@@ -79,13 +79,12 @@ async def test_a_redis_store_shares_the_presets_breaker(redis_server: Any) -> No
             await store.aclose()
 
 
-async def test_a_preset_with_a_shared_breaker_fails_fast_unless_told_to_hold(
+async def test_a_preset_with_a_shared_breaker_holds_as_without_one(
     redis_server: Any,
 ) -> None:
-    """With a breaker shared through Redis the preset's Retry does not hold calls
-    (they fail fast, with the next look at the fleet as retry_after); without a
-    store, or with Retry(hold=...) asked for, it holds as before."""
-    from resilience import Hold, Retry
+    """With a breaker shared through Redis the preset's Retry holds calls as it does
+    without a store; ``hold=None`` turns it off."""
+    from resilience import Retry
 
     def retry_of(pipeline: Any) -> Any:
         return next(layer for layer in pipeline.layers if isinstance(layer, Retry))
@@ -93,10 +92,10 @@ async def test_a_preset_with_a_shared_breaker_fails_fast_unless_told_to_hold(
     store = RedisStore(url=redis_server.url, prefix="app")
     try:
         shared = standard_pipeline("http", store=store, telemetry=False)
-        asked = standard_pipeline("http", store=store, hold=Hold(), telemetry=False)
+        off = standard_pipeline("http", store=store, hold=None, telemetry=False)
         alone = standard_pipeline("http", telemetry=False)
     finally:
         await store.aclose()
-    assert retry_of(shared).hold is None
-    assert retry_of(asked).hold is not None
-    assert retry_of(alone).hold is not None
+    assert retry_of(shared).hold is not None
+    assert retry_of(shared).hold == retry_of(alone).hold
+    assert retry_of(off).hold is None
