@@ -399,17 +399,36 @@ def safe_classify(
     its problem under ``fallback_vendor`` (default: ``vendor``).
 
     Vendor classifiers wrap their own logic in it (``TableClassifier.classify``
-    does), and the pipeline wraps whatever classifier it was given.
+    does); the pipeline applies the same rule (:func:`fallback_verdict`) to whatever
+    classifier it was given.
     """
     fault: str | None
     try:
         verdict = classify(request, response, error)
     except Exception as exc:
-        fault = f"{type(exc).__name__}: {_safe_str(exc)}"
+        fault = raised_fault(exc)
     else:
         fault = verdict_fault(verdict)
         if fault is None:
             return verdict
+    return fallback_verdict(fault, response, error, vendor=vendor, fallback_vendor=fallback_vendor)
+
+
+def raised_fault(error: BaseException) -> str:
+    """How a classifier's exception is named in the warning: class and first 200 characters."""
+    return f"{type(error).__name__}: {_safe_str(error)}"
+
+
+def fallback_verdict(
+    fault: str,
+    response: httpx.Response | None,
+    error: BaseException | None,
+    *,
+    vendor: str,
+    fallback_vendor: str | None = None,
+) -> Verdict:
+    """A classifier failed (``fault`` says how): warn, naming ``vendor``, and read the
+    attempt by its status code instead (the problem under ``fallback_vendor``)."""
     logger.warning(
         "resilience classifier %r failed (%s); using the status-code reading", vendor, fault
     )

@@ -33,7 +33,7 @@ from ._bodies import (
     aclose_quietly,
     buffer_response,
 )
-from ._classifier import Classifier, classify_error, safe_classify
+from ._classifier import Classifier, classify_error, fallback_verdict, raised_fault
 from ._clock import Clock
 from ._report import CallReport
 from ._verdict import ACCEPT, Action, Verdict, verdict_fault
@@ -237,24 +237,21 @@ class Call:
         status-code reading is used instead.
         """
         env = self.env
-        answer: object
         try:
-            answer = env.classifier.classify(request, response, error)
+            verdict = env.classifier.classify(request, response, error)
         except Exception as exc:
-            answer = _Raised(exc)
-        # The shared ACCEPT (what most classifiers answer a success with) is known
-        # sound; anything else is checked, and a fault logged and replaced.
-        if answer is ACCEPT or (type(answer) is Verdict and verdict_fault(answer) is None):
-            verdict: Verdict = answer
-        else:
-            verdict = safe_classify(
-                _Raised.replay(answer),
-                request,
-                response,
-                error,
-                vendor=env.vendor,
-                fallback_vendor="http",
+            verdict = fallback_verdict(
+                raised_fault(exc), response, error, vendor=env.vendor, fallback_vendor="http"
             )
+        else:
+            # The shared ACCEPT (what most classifiers answer a success with) is known
+            # sound; anything else is checked, and a fault logged and replaced.
+            if verdict is not ACCEPT:
+                fault = verdict_fault(verdict)
+                if fault is not None:
+                    verdict = fallback_verdict(
+                        fault, response, error, vendor=env.vendor, fallback_vendor="http"
+                    )
         self.report.verdicts.append(verdict)
         return verdict
 
@@ -288,25 +285,6 @@ class Call:
         else:
             verdict = classify_error(self.env.vendor, error)
         return Outcome(request, verdict, error=error)
-
-
-class _Raised:
-    """What a classifier raised, kept to be raised again inside ``safe_classify``
-    (which logs it): the classifier itself runs once per attempt."""
-
-    __slots__ = ("error",)
-
-    def __init__(self, error: Exception) -> None:
-        self.error = error
-
-    @staticmethod
-    def replay(answer: object) -> Callable[..., Verdict]:
-        def classify(*_: object) -> Verdict:
-            if isinstance(answer, _Raised):
-                raise answer.error
-            return answer  # type: ignore[return-value]
-
-        return classify
 
 
 def well_formed(verdict: object) -> bool:

@@ -277,6 +277,10 @@ class Pipeline:
         # call.trace is set by the instrumentation when it records.
         if call.trace is not None and self.env.instrument is not None:
             return self.env.instrument.run_attempt(call, request, self._attempt)
+        return self._attempt(request, call)
+
+    def _attempt(self, request: httpx.Request, call: Call) -> Awaitable[Outcome]:
+        """One attempt, limited when a limit or a deadline applies (its awaitable)."""
         if (
             call.attempt_timeout is not None
             or call.cutoff is not None
@@ -284,15 +288,6 @@ class Pipeline:
         ):
             return self._attempt_limited(request, call)
         return self._attempt_once(request, call)
-
-    async def _attempt(self, request: httpx.Request, call: Call) -> Outcome:
-        if (
-            call.attempt_timeout is not None
-            or call.cutoff is not None
-            or self._attempt_limit is not None
-        ):
-            return await self._attempt_limited(request, call)
-        return await self._attempt_once(request, call)
 
     async def _attempt_limited(self, request: httpx.Request, call: Call) -> Outcome:
         """One attempt, cut at the nearer of its own limit and the call's deadline.
@@ -391,8 +386,6 @@ class Pipeline:
         (a mock, a transport that does not pass the ``trace`` extension on): then
         it never will, and the watch is not worth its cost.
         """
-        if self._quiet is not None and self._quiet() is inner:
-            return False
         if isinstance(inner, httpx.AsyncHTTPTransport) or inner in self._tracing:
             return True
         silent = self._silent.get(inner, 0)

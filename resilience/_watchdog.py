@@ -16,7 +16,7 @@ A native cancellation would go through an anyio shield, so the watchdog never
 delivers one while the task sits in a shielded anyio scope opened inside the
 guarded region (a response being closed): it looks again a millisecond later,
 as anyio itself does. Reading that needs anyio's task state, which is not public
-API: when it cannot be read, the engine uses anyio scopes (:func:`watchdog`
+API: when it cannot be read, the engine uses anyio scopes (:func:`arm`
 answers ``None``), as it does under trio and on Python 3.10.
 """
 
@@ -26,7 +26,7 @@ import heapq
 import sys
 from typing import Any
 
-__all__ = ["Watch", "Watchdog", "arm", "watchdog"]
+__all__ = ["Watch", "Watchdog", "arm"]
 
 #: Seconds a cut waits when the task is inside a shielded scope, before trying again.
 _SHIELD_RETRY = 0.001
@@ -177,7 +177,7 @@ _UNCANCEL = sys.version_info >= (3, 11)
 def arm(seconds: float) -> Watch | None:
     """Guard the running task for ``seconds``: its :class:`Watch` (``end()`` it
     when the region ends), or ``None`` when the engine should use an anyio scope
-    instead (trio, Python 3.10, no task)."""
+    instead (trio, Python 3.10, no task, anyio's task state unreadable)."""
     asyncio = sys.modules.get("asyncio")
     if asyncio is None or not _UNCANCEL:
         return None
@@ -187,42 +187,27 @@ def arm(seconds: float) -> Watch | None:
         return None
     dog = _last
     if dog is None or dog.loop is not loop:
-        found = watchdog()
-        if found is None:
+        dog = _watchdog_of(loop, asyncio.CancelledError)
+        if dog is None:
             return None
-        dog = found[0]
     task = asyncio.current_task(loop)
     if task is None:
         return None
     return dog.start(task, seconds)
 
 
-def watchdog() -> tuple[Watchdog, Any] | None:
-    """The running asyncio loop's watchdog and the current task, or ``None`` when
-    the engine should use an anyio scope instead (trio, Python 3.10, no task)."""
+def _watchdog_of(loop: Any, cancelled: type[BaseException]) -> Watchdog | None:
+    """``loop``'s watchdog, made on first use, or ``None`` without anyio's task state."""
     global _last
-    asyncio = sys.modules.get("asyncio")
-    if asyncio is None or not _UNCANCEL:
-        return None
     if _anyio_task_states is None and _load_task_states() is None:
         return None
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
-        return None  # trio (or no loop at all)
-    task = asyncio.current_task(loop)
-    if task is None:
-        return None
-    dog = _last
-    if dog is not None and dog.loop is loop:
-        return dog, task
     dog = _WATCHDOGS.get(id(loop))
     if dog is None or dog.loop is not loop:
-        dog = _WATCHDOGS[id(loop)] = Watchdog(loop, asyncio.CancelledError)
+        dog = _WATCHDOGS[id(loop)] = Watchdog(loop, cancelled)
         if len(_WATCHDOGS) > 64:
             # Loops come and go (a test suite runs many): keep the ones still open.
             for key, other in list(_WATCHDOGS.items()):
                 if other.loop.is_closed():
                     del _WATCHDOGS[key]
     _last = dog
-    return dog, task
+    return dog
