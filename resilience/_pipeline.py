@@ -19,7 +19,6 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from time import monotonic as _monotonic
 from typing import TYPE_CHECKING, Any
 
-import anyio
 import httpx
 
 from . import errors
@@ -30,7 +29,7 @@ from ._bodies import (
     buffer_response,
 )
 from ._classifier import Classifier
-from ._clock import Clock, SystemClock, default_clock
+from ._clock import Clock, SystemClock, default_clock, scope_after
 from ._layer import Call, CallNext, Handler, Instrument, Layer, Outcome, PipelineEnv
 from ._loader import resolve_classifier
 from ._order import check_layer_order
@@ -174,6 +173,9 @@ class Pipeline:
         # total, and the nearest attempt limit.
         self._total: float | None = None
         self._attempt_limit: float | None = None
+        # The outermost handler and what it calls next (None: no layer is linked).
+        self._top: Handler | None = None
+        self._top_next: CallNext = self._send
         self._chain: CallNext = self._build_chain()
 
     def _build_chain(self) -> CallNext:
@@ -200,6 +202,7 @@ class Pipeline:
                         self._attempt_limit = _nearer(self._attempt_limit, handler.attempt)
                         continue
             aware = aware and getattr(type(layer), "_deadline_aware", False) is True
+            self._top, self._top_next = handler, call_next
             call_next = _link(handler, call_next)
         return call_next
 
@@ -234,7 +237,11 @@ class Pipeline:
             # and the call takes the same path as with telemetry off.
             if instrument is not None and instrument.records():
                 return await instrument.run_call(call, self._run)
-            outcome = await self._chain(request, call)
+            top = self._top
+            # The outermost handler is called as it is, not through its link.
+            outcome = await (
+                self._send(request, call) if top is None else top(request, call, self._top_next)
+            )
             response = outcome.response
             if response is not None:
                 action = outcome.verdict.action
@@ -319,7 +326,7 @@ class Pipeline:
         watch = arm(limit)
         try:
             if watch is None:
-                with anyio.move_on_after(limit):
+                with scope_after(limit):
                     return await self._attempt_once(request, call)
             else:
                 try:
