@@ -449,13 +449,23 @@ async def batch(transport: Any, size: int) -> None:
             group.start_soon(one)
 
 
-async def time_batches(transport: Any, size: int, total: int) -> float:
-    """µs per call of ``total`` calls made in batches of ``size``."""
+async def time_batches(transport: Any, size: int, total: int, *, paused: bool = False) -> float:
+    """µs per call of ``total`` calls made in batches of ``size`` (``paused``: with
+    the cyclic garbage collector off while they run, and one collection after
+    them, outside the timing)."""
     batches = max(total // size, 1)
-    start = now()
-    for _ in range(batches):
-        await batch(transport, size)
-    return (now() - start) / (batches * size) * 1e6
+    if paused:
+        gc.disable()
+    try:
+        start = now()
+        for _ in range(batches):
+            await batch(transport, size)
+        spent = now() - start
+    finally:
+        if paused:
+            gc.enable()
+            gc.collect()
+    return spent / (batches * size) * 1e6
 
 
 async def memory_per_call(transport: Any, size: int) -> float:
@@ -472,9 +482,13 @@ async def memory_per_call(transport: Any, size: int) -> float:
     return (peak - base) / size
 
 
-async def sweep(rounds: int, total: int) -> list[tuple[int, float, float, float, float]]:
+Row = tuple[int, float, float, float, float, float, float]
+
+
+async def sweep(rounds: int, total: int) -> list[Row]:
     """For each concurrency: (calls in flight, bare µs/call, stack µs/call, bare
-    bytes/call, stack bytes/call), medians of interleaved rounds."""
+    bytes/call, stack bytes/call, bare and stack µs/call with the collector
+    paused), medians of interleaved rounds."""
     bare = httpx.MockTransport(yielding)
     stack = ResilientTransport(
         Pipeline(
@@ -493,37 +507,48 @@ async def sweep(rounds: int, total: int) -> list[tuple[int, float, float, float,
         calls = max(total, size)
         await time_batches(bare, size, calls // 4)  # warm up
         await time_batches(stack, size, calls // 4)
-        bare_times: list[float] = []
-        stack_times: list[float] = []
+        times: dict[tuple[str, bool], list[float]] = {}
         for number in range(rounds):
-            order = [(bare, bare_times), (stack, stack_times)]
-            for transport, samples in order if number % 2 else order[::-1]:
+            order = [
+                (name, transport, paused)
+                for paused in (False, True)
+                for name, transport in (("bare", bare), ("stack", stack))
+            ]
+            for name, transport, paused in order if number % 2 else order[::-1]:
                 gc.collect()
-                samples.append(await time_batches(transport, size, calls))
+                sample = await time_batches(transport, size, calls, paused=paused)
+                times.setdefault((name, paused), []).append(sample)
+        median = {key: statistics.median(values) for key, values in times.items()}
         rows.append(
             (
                 size,
-                statistics.median(bare_times),
-                statistics.median(stack_times),
+                median[("bare", False)],
+                median[("stack", False)],
                 await memory_per_call(bare, size),
                 await memory_per_call(stack, size),
+                median[("bare", True)],
+                median[("stack", True)],
             )
         )
     return rows
 
 
-def sweep_table(rows: list[tuple[int, float, float, float, float]]) -> str:
+def sweep_table(rows: list[Row]) -> str:
     """The sweep as a fixed-width table; the cost per call relative to one call."""
     lines = [
         f"{'in flight':>9} {'bare µs':>8} {'stack µs':>9} {'+µs':>7} {'vs 1':>6} "
+        f"{'+µs gc paused':>14} {'vs 1':>6} "
         f"{'bare B/call':>12} {'stack B/call':>13} {'+B/call':>8}",
-        "-" * 80,
+        "-" * 102,
     ]
     first = rows[0][2] - rows[0][1]
-    for size, bare, stack, bare_bytes, stack_bytes in rows:
+    first_paused = rows[0][6] - rows[0][5]
+    for size, bare, stack, bare_bytes, stack_bytes, bare_paused, stack_paused in rows:
         extra = stack - bare
+        paused = stack_paused - bare_paused
         lines.append(
             f"{size:>9,} {bare:8.2f} {stack:9.2f} {extra:+7.2f} {extra / first:6.2f} "
+            f"{paused:+14.2f} {paused / first_paused:6.2f} "
             f"{bare_bytes:12,.0f} {stack_bytes:13,.0f} {stack_bytes - bare_bytes:+8,.0f}"
         )
     return "\n".join(lines)
@@ -589,9 +614,15 @@ async def main(rounds: int, calls: int, backend: str, parts: set[str]) -> None:
         rows = await sweep(max(rounds // 3, 3), calls * 5)
         print(f"\nthe full stack under concurrency ({backend}; transport yields once per call)")
         print(sweep_table(rows))
-        costs = [stack - bare for _, bare, stack, _, _ in rows]
+        costs = [row[2] - row[1] for row in rows]
         spread = max(costs) / min(costs) - 1
-        print(f"cost per call from 1 to {SWEEP[-1]:,} in flight: spread {spread:.0%} (target: 20%)")
+        paused = [row[6] - row[5] for row in rows]
+        paused_spread = max(paused) / min(paused) - 1
+        print(
+            f"cost per call from 1 to {SWEEP[-1]:,} in flight: spread {spread:.0%} "
+            f"(target: 20%); with the garbage collector paused during the batches: "
+            f"{paused_spread:.0%}"
+        )
     if "layers" in parts:
         retries, sleeps, checkpoints, anyio_sleeps = await count_checkpoints(1000)
         print(

@@ -80,14 +80,15 @@ async def buffer_response(
     if isinstance(stream, httpx.ByteStream):
         # Already in memory (mock and ASGI transports, a buffered replay): no I/O,
         # no connection to release, and nothing to replace.
-        raw = b"".join(stream)
         read = response.__dict__.get("_content") if _IDENTITY_SHORTCUT else None
         if type(read) is bytes:
             # And already read (``Response(content=...)`` reads it as it is built):
-            # httpx decoded it whole then, so the copy takes its first bytes.
+            # httpx decoded it whole then, so the copy takes its first bytes and
+            # shares the stream (the raw bytes are not needed).
             truncated = len(read) > max_bytes
             content = read[:max_bytes] if truncated else read
-            return _view(response, request, raw, content, truncated, stream)
+            return _view(response, request, b"", content, truncated, stream)
+        raw = b"".join(stream)
         headers = response.headers
         decoder = _bounded_decoder(headers) if "content-encoding" in headers else None
         if decoder is None:

@@ -207,9 +207,30 @@ def _shared_verdict(vendor: str, response: httpx.Response, status: int) -> Verdi
 
 
 def _has_retry_after(headers: httpx.Headers) -> bool:
-    # The raw names: a lookup by name decodes every header and raises KeyError
-    # inside when the header is absent, as it mostly is.
-    return b"retry-after" in [name.lower() for name, _ in headers.raw]
+    # The names as httpx keeps them, lower-cased already: a lookup by name decodes
+    # every header and raises KeyError inside when the header is absent, as it
+    # mostly is, and ``.raw`` builds a list of pairs first.
+    items = getattr(headers, "_list", None)
+    if _LOWER_NAMES_KEPT and type(items) is list:
+        for item in items:  # noqa: SIM110 - a loop, as any() over a generator costs 3x
+            if item[1] == b"retry-after":
+                return True
+        return False
+    return b"retry-after" in [name.lower() for name, _ in headers.raw]  # pragma: no cover
+
+
+def _keeps_lower_names() -> bool:
+    """Whether httpx.Headers keeps (name, lower-cased name, value) byte triples."""
+    try:
+        return list(httpx.Headers({"Retry-After": "1"})._list) == [
+            (b"Retry-After", b"retry-after", b"1")
+        ]
+    except Exception:  # pragma: no cover - another httpx layout
+        return False
+
+
+#: Checked once: a future httpx may keep its headers differently.
+_LOWER_NAMES_KEPT = _keeps_lower_names()
 
 
 def _statuses(value: Iterable[int]) -> frozenset[int]:
