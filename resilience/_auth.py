@@ -54,7 +54,7 @@ from ._events import TokenRefreshed
 from ._http import DEFAULT_PORTS, body_replayable
 from ._layer import Call, CallNext, Outcome, PipelineEnv
 from ._report import GaveUp
-from ._secret import Secret, mentions, scrub_problem
+from ._secret import Secret, mentions, needles_of, scrub_problem, scrub_with
 from ._shared_token import DEFAULT_FETCH_TIME, SharedToken
 from ._store import StateStore
 from ._tokens import (
@@ -391,6 +391,8 @@ class _AuthHandler:
     origins_seen: dict[tuple[object, ...], bool] = attrs.field(factory=dict, init=False)
     """Whether the token goes to an origin, by the URL's raw parts (``_for_us``)."""
     shared: SharedToken | None = attrs.field(default=None, init=False)
+    token_forms: tuple[Token, tuple[str, ...]] | None = attrs.field(default=None, init=False)
+    """The token last scrubbed for, with the forms it may be quoted in (``_withhold``)."""
     """The store that shares the token (``AuthRefresh(store=...)``), or ``None``."""
 
     def __repr__(self) -> str:
@@ -498,7 +500,11 @@ class _AuthHandler:
         problem = verdict.problem
         if problem is None:
             return
-        scrubbed = scrub_problem(problem, needles)
+        forms = self.token_forms
+        if forms is None or forms[0] is not token:
+            # Once per token: every form the token may come back in.
+            forms = self.token_forms = (token, needles_of(token.value))
+        scrubbed = scrub_with(problem, forms[1])
         if scrubbed is problem:
             return
         outcome.verdict = attrs.evolve(verdict, problem=scrubbed)

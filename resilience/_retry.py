@@ -38,6 +38,7 @@ from ._backoff import (
     decide,
     default_cap,
 )
+from ._clock import SystemClock
 from ._events import CallHeld, CallReleased, RetryScheduled
 from ._hold import CANCELLED, PROBE, RECOVERED, Hold
 from ._http import IDEMPOTENT_METHODS, body_replayable, is_idempotent
@@ -347,7 +348,10 @@ class _RetryHandler:
         started = clock.now()
         cutoff = call.cutoff
         try:
-            if cutoff is None:
+            if cutoff is None or (type(clock) is SystemClock and delay < cutoff - time.monotonic()):
+                # No deadline, or the real clock's wait, planned to end before it (its
+                # time is the deadline's own): nothing to guard, and no cancel scope
+                # (15 to 20 µs) on every retry of a call with a Timeout(total=...).
                 await clock.sleep(delay)
             else:
                 # The deadline holds in real time too, whatever the clock does: no

@@ -126,7 +126,17 @@ def scrub_problem(problem: Problem, secrets: Iterable[str | Secret | None]) -> P
     after the first characters of one, is replaced by a fixed note; ``details`` deeper than 8
     levels is dropped. The same ``problem`` is returned when nothing matched.
     """
-    needles = _needles(secrets)
+    return scrub_with(problem, _needles(secrets))
+
+
+def needles_of(secret: str) -> tuple[str, ...]:
+    """The forms :func:`scrub_with` looks for one secret in (see :func:`scrub_problem`)."""
+    return _needles((secret,))
+
+
+def scrub_with(problem: Problem, needles: tuple[str, ...]) -> Problem:
+    """:func:`scrub_problem` with the needles made already (:func:`needles_of`): a
+    layer that scrubs every failed attempt for one token makes them once per token."""
     if not needles:
         return problem
     changes: dict[str, Any] = {}
@@ -134,12 +144,14 @@ def scrub_problem(problem: Problem, secrets: Iterable[str | Secret | None]) -> P
         value = getattr(problem, name)
         if isinstance(value, str) and mentions(value, needles):
             changes[name] = WITHHELD
-    errors = tuple(_scrub_field_error(error, needles) for error in problem.errors)
-    if any(new is not old for new, old in zip(errors, problem.errors, strict=True)):
-        changes["errors"] = errors
-    details = _scrub_value(problem.details, needles, 0)
-    if details != problem.details:
-        changes["details"] = details
+    if problem.errors:
+        errors = tuple(_scrub_field_error(error, needles) for error in problem.errors)
+        if any(new is not old for new, old in zip(errors, problem.errors, strict=True)):
+            changes["errors"] = errors
+    if problem.details:
+        details = _scrub_value(problem.details, needles, 0)
+        if details != problem.details:
+            changes["details"] = details
     return attrs.evolve(problem, **changes) if changes else problem
 
 

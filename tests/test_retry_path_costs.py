@@ -1,0 +1,131 @@
+"""What the retry path's shortcuts must keep: a refreshed token is still withheld,
+and a zero wait under a real-time deadline still waits and retries.
+
+The shortcuts themselves (the token's forms made once per token, no cancel scope
+for a real-clock wait that ends before the deadline) are measured by
+``benchmarks/overhead.py``; these tests pin what a user sees through them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+
+from resilience import (
+    AuthRefresh,
+    ExponentialBackoff,
+    Pipeline,
+    ResilientTransport,
+    Retry,
+    Timeout,
+    Token,
+)
+from resilience.errors import RetriesExhausted
+from resilience.testing import VirtualClock
+from resilience._verdict import Action, Problem, Verdict
+
+pytestmark = pytest.mark.anyio
+
+URL = "https://api.test/v1/things"
+ZERO = ExponentialBackoff(initial=0.0, max_delay=0.0)
+
+
+class Rotating:
+    """A token provider that hands out tok-1, tok-2, ... one per fetch."""
+
+    token_endpoint = None
+
+    def __init__(self) -> None:
+        self.fetches = 0
+
+    async def fetch(self, http: httpx.AsyncClient) -> Token:
+        self.fetches += 1
+        return Token(f"tok-{self.fetches}-secretvalue")
+
+
+class EchoClassifier:
+    """Reads an error body into the problem's detail, as vendor classifiers do."""
+
+    vendor = "echo"
+    needs_body = False
+
+    def classify(
+        self, request: httpx.Request, response: httpx.Response | None, error: Any
+    ) -> Verdict:
+        assert response is not None
+        if response.status_code < 400:
+            return Verdict(Action.ACCEPT)
+        action = Action.REFRESH_AUTH if response.status_code == 401 else Action.RETRY
+        problem = Problem(vendor="echo", status=response.status_code, detail=response.text)
+        return Verdict(action, problem=problem)
+
+
+async def test_a_refreshed_token_echoed_back_is_withheld_too() -> None:
+    # The first token is refused (401) and echoed; the second one is echoed in
+    # every 503 after. Each attempt's problem must hold neither token, whichever
+    # token it was sent with: the forms searched follow the token.
+    def app(request: httpx.Request) -> httpx.Response:
+        sent = request.headers["authorization"]
+        if "tok-1" in sent:
+            return httpx.Response(401, text=f"bad token: {sent}")
+        return httpx.Response(503, text=f"busy, you sent {sent}")
+
+    provider = Rotating()
+    pipeline = Pipeline(
+        [Retry(backoff=ZERO, budget=None, max_attempts=3), AuthRefresh(provider)],
+        classifier=EchoClassifier(),
+        clock=VirtualClock(),
+        telemetry=False,
+    )
+    transport = ResilientTransport(pipeline, inner=httpx.MockTransport(app))
+    with pytest.raises(RetriesExhausted) as caught:
+        await transport.handle_async_request(httpx.Request("GET", URL))
+    report = caught.value.report
+    assert provider.fetches == 2
+    assert report.attempts == 4  # tok-1 refused, replayed with tok-2, then two retries
+    details = [verdict.problem.detail for verdict in report.verdicts if verdict.problem]
+    assert len(details) == 4
+    for detail in details:
+        assert "secretvalue" not in (detail or "")
+    assert "secretvalue" not in repr(caught.value.problem)
+
+
+async def test_a_zero_wait_under_a_real_time_deadline_still_retries() -> None:
+    # The real clock and a Timeout(total=...): the wait is the clock's own, with no
+    # scope around it; it still happens (one checkpoint), is reported, and the
+    # retry goes out within the deadline.
+    statuses = iter([503, 503, 200])
+    seen: list[str] = []
+
+    def app(request: httpx.Request) -> httpx.Response:
+        seen.append(request.method)
+        return httpx.Response(next(statuses))
+
+    pipeline = Pipeline([Timeout(total=30.0), Retry(backoff=ZERO, budget=None)], telemetry=False)
+    transport = ResilientTransport(pipeline, inner=httpx.MockTransport(app))
+    with anyio.fail_after(5):
+        response = await transport.handle_async_request(httpx.Request("GET", URL))
+    report = response.extensions["resilience"]
+    assert response.status_code == 200
+    assert report.attempts == 3 == len(seen)
+    assert report.delays == [0.0, 0.0]
+    assert report.gave_up is None
+
+
+async def test_a_real_clock_wait_past_the_deadline_is_not_started() -> None:
+    # A 503 asking for 60 s in a call with 30 s left ends at once (the decision,
+    # not a cut wait), as before the shortcut.
+    def app(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(503, headers={"Retry-After": "60"})
+
+    pipeline = Pipeline([Timeout(total=30.0), Retry(budget=None)], telemetry=False)
+    transport = ResilientTransport(pipeline, inner=httpx.MockTransport(app))
+    with anyio.fail_after(5), pytest.raises(RetriesExhausted) as caught:
+        await transport.handle_async_request(httpx.Request("GET", URL))
+    report = caught.value.report
+    assert report.attempts == 1
+    assert report.delays == []
+    assert report.gave_up == "deadline"
