@@ -15,17 +15,19 @@ import httpx
 import pytest
 
 from resilience import (
+    Action,
     AuthRefresh,
     ExponentialBackoff,
     Pipeline,
+    Problem,
     ResilientTransport,
     Retry,
     Timeout,
     Token,
+    Verdict,
 )
 from resilience.errors import RetriesExhausted
 from resilience.testing import VirtualClock
-from resilience._verdict import Action, Problem, Verdict
 
 pytestmark = pytest.mark.anyio
 
