@@ -391,8 +391,11 @@ class _AuthHandler:
     origins_seen: dict[tuple[object, ...], bool] = attrs.field(factory=dict, init=False)
     """Whether the token goes to an origin, by the URL's raw parts (``_for_us``)."""
     shared: SharedToken | None = attrs.field(default=None, init=False)
-    token_forms: tuple[Token, tuple[str, ...]] | None = attrs.field(default=None, init=False)
-    """The token last scrubbed for, with the forms it may be quoted in (``_withhold``)."""
+    token_forms: tuple[Token, tuple[str, ...], Problem | None] | None = attrs.field(
+        default=None, init=False
+    )
+    """The token last scrubbed for, the forms it may be quoted in, and the last
+    problem found not to quote it (``_withhold``)."""
     """The store that shares the token (``AuthRefresh(store=...)``), or ``None``."""
 
     def __repr__(self) -> str:
@@ -503,9 +506,16 @@ class _AuthHandler:
         forms = self.token_forms
         if forms is None or forms[0] is not token:
             # Once per token: every form the token may come back in.
-            forms = self.token_forms = (token, needles_of(token.value))
+            forms = self.token_forms = (token, needles_of(token.value), None)
+        elif forms[2] is problem:
+            return  # found clean for this token already (a shared, frozen problem)
         scrubbed = scrub_with(problem, forms[1])
         if scrubbed is problem:
+            if not problem.details:
+                # Frozen, with nothing nested: the next attempt that answers with the
+                # same problem object (the generic classifier shares one per status)
+                # needs no search.
+                self.token_forms = (token, forms[1], problem)
             return
         outcome.verdict = attrs.evolve(verdict, problem=scrubbed)
         # The report keeps every attempt's verdict: the same object, so find it.

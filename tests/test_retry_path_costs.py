@@ -131,3 +131,41 @@ async def test_a_real_clock_wait_past_the_deadline_is_not_started() -> None:
     assert report.attempts == 1
     assert report.delays == []
     assert report.gave_up == "deadline"
+
+
+async def test_a_shared_problem_clean_for_one_token_is_searched_again_for_the_next() -> None:
+    # One frozen problem object answers every attempt (as the generic classifier
+    # shares one per status). It does not quote the first token, so it is found
+    # clean once; it quotes the second, which must still be withheld after the
+    # refresh.
+    shared = Problem(vendor="echo", status=503, detail="you sent tok-2-secretvalue")
+
+    class Shared:
+        vendor = "echo"
+        needs_body = False
+
+        def classify(self, request: httpx.Request, response: Any, error: Any) -> Verdict:
+            assert response is not None
+            if response.status_code == 401:
+                return Verdict(Action.REFRESH_AUTH, problem=shared)
+            return Verdict(Action.RETRY, problem=shared)
+
+    def app(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(401 if "tok-1" in request.headers["authorization"] else 503)
+
+    provider = Rotating()
+    pipeline = Pipeline(
+        [Retry(backoff=ZERO, budget=None, max_attempts=3), AuthRefresh(provider)],
+        classifier=Shared(),
+        clock=VirtualClock(),
+        telemetry=False,
+    )
+    transport = ResilientTransport(pipeline, inner=httpx.MockTransport(app))
+    with pytest.raises(RetriesExhausted) as caught:
+        await transport.handle_async_request(httpx.Request("GET", URL))
+    report = caught.value.report
+    assert provider.fetches == 2
+    problems = [verdict.problem for verdict in report.verdicts]
+    assert problems[0] is shared  # clean for tok-1: left as it is
+    assert all("secretvalue" not in (p.detail or "") for p in problems[1:] if p)
+    assert "secretvalue" not in (caught.value.problem.detail or "")
