@@ -65,6 +65,23 @@ class EchoClassifier:
         return Verdict(action, problem=problem)
 
 
+async def exhausted_with_rotating_tokens(app: Any, classifier: Any) -> RetriesExhausted:
+    """One call of 3 attempts (zero waits) through ``AuthRefresh(Rotating())`` over
+    ``app``: the error it ends with, after checking that two tokens were fetched."""
+    provider = Rotating()
+    pipeline = Pipeline(
+        [Retry(backoff=ZERO, budget=None, max_attempts=3), AuthRefresh(provider)],
+        classifier=classifier,
+        clock=VirtualClock(),
+        telemetry=False,
+    )
+    transport = ResilientTransport(pipeline, inner=httpx.MockTransport(app))
+    with pytest.raises(RetriesExhausted) as caught:
+        await transport.handle_async_request(httpx.Request("GET", URL))
+    assert provider.fetches == 2
+    return caught.value
+
+
 async def test_a_refreshed_token_echoed_back_is_withheld_too() -> None:
     # The first token is refused (401) and echoed; the second one is echoed in
     # every 503 after. Each attempt's problem must hold neither token, whichever
@@ -75,24 +92,14 @@ async def test_a_refreshed_token_echoed_back_is_withheld_too() -> None:
             return httpx.Response(401, text=f"bad token: {sent}")
         return httpx.Response(503, text=f"busy, you sent {sent}")
 
-    provider = Rotating()
-    pipeline = Pipeline(
-        [Retry(backoff=ZERO, budget=None, max_attempts=3), AuthRefresh(provider)],
-        classifier=EchoClassifier(),
-        clock=VirtualClock(),
-        telemetry=False,
-    )
-    transport = ResilientTransport(pipeline, inner=httpx.MockTransport(app))
-    with pytest.raises(RetriesExhausted) as caught:
-        await transport.handle_async_request(httpx.Request("GET", URL))
-    report = caught.value.report
-    assert provider.fetches == 2
+    caught = await exhausted_with_rotating_tokens(app, EchoClassifier())
+    report = caught.report
     assert report.attempts == 4  # tok-1 refused, replayed with tok-2, then two retries
     details = [verdict.problem.detail for verdict in report.verdicts if verdict.problem]
     assert len(details) == 4
     for detail in details:
         assert "secretvalue" not in (detail or "")
-    assert "secretvalue" not in repr(caught.value.problem)
+    assert "secretvalue" not in repr(caught.problem)
 
 
 async def test_a_zero_wait_under_a_real_time_deadline_still_retries() -> None:
@@ -153,19 +160,9 @@ async def test_a_shared_problem_clean_for_one_token_is_searched_again_for_the_ne
     def app(request: httpx.Request) -> httpx.Response:
         return httpx.Response(401 if "tok-1" in request.headers["authorization"] else 503)
 
-    provider = Rotating()
-    pipeline = Pipeline(
-        [Retry(backoff=ZERO, budget=None, max_attempts=3), AuthRefresh(provider)],
-        classifier=Shared(),
-        clock=VirtualClock(),
-        telemetry=False,
-    )
-    transport = ResilientTransport(pipeline, inner=httpx.MockTransport(app))
-    with pytest.raises(RetriesExhausted) as caught:
-        await transport.handle_async_request(httpx.Request("GET", URL))
-    report = caught.value.report
-    assert provider.fetches == 2
+    caught = await exhausted_with_rotating_tokens(app, Shared())
+    report = caught.report
     problems = [verdict.problem for verdict in report.verdicts]
     assert problems[0] is shared  # clean for tok-1: left as it is
     assert all("secretvalue" not in (p.detail or "") for p in problems[1:] if p)
-    assert "secretvalue" not in (caught.value.problem.detail or "")
+    assert "secretvalue" not in (caught.problem.detail or "")
