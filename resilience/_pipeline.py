@@ -233,8 +233,6 @@ class Pipeline:
         extensions["resilience"] = call.report
         instrument = self.env.instrument
         # The name the library's log records of this call carry (_telemetry_names).
-        # (Set only when it changes: a nested call of the same pipeline, or one
-        # after another in a task that already named it, costs nothing.)
         # A call's own task finds it on the stack (CALL_CODES); only a pipeline with
         # a layer that may run work in other tasks (Hedge, a layer of your own)
         # puts the name in the context, for those tasks to inherit. (Set only when
