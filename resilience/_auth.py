@@ -393,12 +393,12 @@ class _AuthHandler:
     origins_seen: dict[tuple[object, ...], bool] = attrs.field(factory=dict, init=False)
     """Whether the token goes to an origin, by the URL's raw parts (``_for_us``)."""
     shared: SharedToken | None = attrs.field(default=None, init=False)
+    """The store that shares the token (``AuthRefresh(store=...)``), or ``None``."""
     token_forms: tuple[Token, tuple[str, ...], Problem | None] | None = attrs.field(
         default=None, init=False
     )
     """The token last scrubbed for, the forms it may be quoted in, and the last
     problem found not to quote it (``_withhold``)."""
-    """The store that shares the token (``AuthRefresh(store=...)``), or ``None``."""
 
     def __repr__(self) -> str:
         state = "no token" if self.token is None else f"token #{self.generation}"

@@ -148,8 +148,10 @@ def known_methods_from_env() -> frozenset[str]:
 
 def _stamp(record: logging.LogRecord) -> bool:
     if not hasattr(record, LOG_ATTRIBUTE):  # an explicit ``extra=`` wins
-        name = CURRENT_PIPELINE.get()
-        setattr(record, LOG_ATTRIBUTE, name if name is not None else _name_on_stack())
+        # The call on this task's stack first (the innermost call, whatever an
+        # enclosing one put in the context), else the call whose task started this one.
+        name = _name_on_stack()
+        setattr(record, LOG_ATTRIBUTE, name if name is not None else CURRENT_PIPELINE.get())
     return True
 
 

@@ -127,3 +127,20 @@ async def test_records_from_a_task_a_layer_starts_still_name_the_pipeline(
     assert response.status_code == 200
     (retry,) = retry_records(caplog)
     assert getattr(retry, LOG_ATTRIBUTE) == "tasks"
+
+
+async def test_a_call_inside_a_call_of_a_pipeline_that_names_its_tasks_names_the_inner(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The outer pipeline has a layer of its own, so it puts its name in the context;
+    # the inner call (built-in layers) runs inside it, and its records still name
+    # the inner pipeline: the call on the stack comes before the context.
+    inner = ResilientTransport(
+        Pipeline([Retry(backoff=ZERO, budget=None)], name="inner", telemetry=False),
+        inner=flaky(),
+    )
+    outer = ResilientTransport(Pipeline([InATask()], name="outer", telemetry=False), inner=inner)
+    with caplog.at_level(logging.DEBUG, logger="resilience"):
+        response = await outer.handle_async_request(httpx.Request("GET", URL))
+    assert response.status_code == 200
+    assert [getattr(r, LOG_ATTRIBUTE) for r in retry_records(caplog)] == ["inner"]
