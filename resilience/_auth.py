@@ -259,6 +259,8 @@ class AuthRefresh:
 
     # Every wait of this layer ends by the call's deadline (see _timeout.py).
     _deadline_aware = True
+    # It runs in the caller's task (see _telemetry_names.py: log records' pipeline).
+    _in_caller_task = True
 
     provider: TokenProvider = attrs.field(validator=[v.has_method("fetch"), _check_endpoint])
     """Where tokens come from."""

@@ -155,6 +155,8 @@ class CircuitBreaker:
 
     # Every wait of this layer ends by the call's deadline (see _timeout.py).
     _deadline_aware = True
+    # It runs in the caller's task (see _telemetry_names.py: log records' pipeline).
+    _in_caller_task = True
 
     failure_ratio: float = attrs.field(default=0.5, validator=v.number(minimum=0, maximum=1))
     """Share of failures in the window that opens the circuit (0: any failure)."""

@@ -53,6 +53,8 @@ class ConcurrencyLimit:
 
     # Every wait of this layer ends by the call's deadline (see _timeout.py).
     _deadline_aware = True
+    # It runs in the caller's task (see _telemetry_names.py: log records' pipeline).
+    _in_caller_task = True
 
     limit: int = attrs.field(validator=v.number(minimum=1, integer=True))
     """Calls (or attempts, below Retry) in flight at once, per key."""

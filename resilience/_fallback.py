@@ -101,6 +101,9 @@ class Fallback:
     the replaced error as its context). Put this layer outermost.
     """
 
+    # It runs in the caller's task (see _telemetry_names.py: log records' pipeline).
+    _in_caller_task = True
+
     function: FallbackFunction = attrs.field(validator=_callable)
     """``fallback(request, error) -> httpx.Response``, sync or async."""
     on: tuple[type[Exception], ...] = attrs.field(default=(), converter=_classes, kw_only=True)

@@ -34,7 +34,7 @@ from ._layer import Call, CallNext, Handler, Instrument, Layer, Outcome, Pipelin
 from ._loader import resolve_classifier
 from ._order import check_layer_order
 from ._report import GaveUp
-from ._telemetry_names import CURRENT_PIPELINE, check_known_methods, check_name
+from ._telemetry_names import CALL_CODES, CURRENT_PIPELINE, check_known_methods, check_name
 from ._timeout import _TimeoutHandler
 from ._verdict import Action, Verdict
 from ._watchdog import arm
@@ -159,6 +159,10 @@ class Pipeline:
             self.env.name = checked_name
         self.name: str = self.env.name
         self._needs_body: bool = bool(getattr(self.classifier, "needs_body", True))
+        # Whether a layer may run work in tasks of its own (see handle).
+        self._in_tasks = not all(
+            getattr(type(layer), "_in_caller_task", False) is True for layer in self.layers
+        )
         self._max_body = max_body_bytes
         self._max_error_body = max_error_body_bytes
         # Inner transports seen reporting connection progress through the "trace"
@@ -229,9 +233,15 @@ class Pipeline:
         extensions["resilience"] = call.report
         instrument = self.env.instrument
         # The name the library's log records of this call carry (_telemetry_names).
-        # (Set only when it changes: a nested call of the same pipeline, or one
-        # after another in a task that already named it, costs nothing.)
-        named = None if CURRENT_PIPELINE.get() == self.name else CURRENT_PIPELINE.set(self.name)
+        # A call's own task finds it on the stack (CALL_CODES); only a pipeline with
+        # a layer that may run work in other tasks (Hedge, a layer of your own)
+        # puts the name in the context, for those tasks to inherit. (Set only when
+        # it changes: a nested call of the same pipeline costs nothing.)
+        named = (
+            None
+            if not self._in_tasks or CURRENT_PIPELINE.get() == self.name
+            else CURRENT_PIPELINE.set(self.name)
+        )
         try:
             # records() is a cheap check: with no OpenTelemetry SDK nothing records,
             # and the call takes the same path as with telemetry off.
@@ -484,6 +494,10 @@ class Pipeline:
         verdict = outcome.verdict
         del outcome
         raise _error_for(call, verdict, view) from error
+
+
+# Log records written in a call find its pipeline on the stack (_telemetry_names).
+CALL_CODES.add(Pipeline.handle.__code__)
 
 
 class _Progress:

@@ -89,6 +89,8 @@ class RateLimiter:
 
     # Every wait of this layer ends by the call's deadline (see _timeout.py).
     _deadline_aware = True
+    # It runs in the caller's task (see _telemetry_names.py: log records' pipeline).
+    _in_caller_task = True
 
     rate: float = attrs.field(validator=v.number(minimum=0, exclusive_minimum=True))
     """Calls allowed per :attr:`per` seconds, sustained."""

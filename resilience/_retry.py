@@ -90,6 +90,8 @@ class Retry:
 
     # Every wait of this layer ends by the call's deadline (see _timeout.py).
     _deadline_aware = True
+    # It runs in the caller's task (see _telemetry_names.py: log records' pipeline).
+    _in_caller_task = True
 
     max_attempts: int = attrs.field(default=3, validator=v.number(minimum=1, integer=True))
     """Attempts in all, the first included."""

@@ -257,6 +257,9 @@ class PartialFailureSplitter:
     and the layers below, which keep per-call state, see one attempt at a time.
     """
 
+    # It runs in the caller's task (see _telemetry_names.py: log records' pipeline).
+    _in_caller_task = True
+
     strict: bool = False
     """Raise :class:`~resilience.errors.PartialFailureError` (with the merged
     response as ``.response``) when parts still failed, instead of returning it."""

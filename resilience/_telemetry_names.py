@@ -2,11 +2,13 @@
 
 Where it sits in the flow: :class:`~resilience.Pipeline` checks ``name=`` and
 ``known_methods=`` here when it is built (a bad value is a ``ConfigurationError``
-naming the argument), hands both to the instrumentation, and marks each logical
-call with its name (:data:`CURRENT_PIPELINE`) while the call runs. The
-``resilience`` logger's filter, installed when this module is imported, copies
-that name onto every log record the library writes (``record.resilience_pipeline``),
-whichever layer writes it.
+naming the argument), hands both to the instrumentation, and registers the code
+of its call (:data:`CALL_CODES`). The ``resilience`` logger's filter, installed
+when this module is imported, names on every log record the library writes
+(``record.resilience_pipeline``) the pipeline whose call is on the stack of the
+task that writes it, whichever layer writes it; a pipeline with a layer that may
+run work in tasks of its own also puts its name in :data:`CURRENT_PIPELINE` for
+those tasks to inherit.
 
 Kept apart from ``_telemetry`` so that the pipeline reads these without importing
 OpenTelemetry, and so that logs carry the name with telemetry switched off too. The
@@ -19,8 +21,10 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Iterable, Mapping
 from contextvars import ContextVar
+from types import CodeType, FrameType
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigurationError
@@ -64,8 +68,16 @@ HTTP_RESEND_COUNT = "http.request.resend_count"
 """The HTTP semantic conventions' attribute for that count."""
 
 CURRENT_PIPELINE: ContextVar[str | None] = ContextVar("resilience_pipeline", default=None)
-"""The name of the pipeline whose call runs in this context (tasks a call starts
-inherit it)."""
+"""The name of the pipeline whose call runs in this context, set by a pipeline with
+a layer that may run work in tasks of its own (tasks a call starts inherit it)."""
+
+#: The code of the engine's call (``Pipeline.handle``, registered by the engine):
+#: a record written in a call's own task finds the pipeline on the stack, in that
+#: frame's ``self``. Nothing is set per call; the search happens only for records
+#: that are written.
+CALL_CODES: set[CodeType] = set()
+#: Frames searched at most, from the logging call outwards.
+_MAX_FRAMES = 256
 
 # RFC 9110 token characters: what a method may be made of.
 _TCHAR = frozenset("!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
@@ -136,8 +148,25 @@ def known_methods_from_env() -> frozenset[str]:
 
 def _stamp(record: logging.LogRecord) -> bool:
     if not hasattr(record, LOG_ATTRIBUTE):  # an explicit ``extra=`` wins
-        setattr(record, LOG_ATTRIBUTE, CURRENT_PIPELINE.get())
+        # The call on this task's stack first (the innermost call, whatever an
+        # enclosing one put in the context), else the call whose task started this one.
+        name = _name_on_stack()
+        setattr(record, LOG_ATTRIBUTE, name if name is not None else CURRENT_PIPELINE.get())
     return True
+
+
+def _name_on_stack() -> str | None:
+    """The name of the pipeline whose call is on this task's stack (the innermost
+    one when calls nest), or ``None`` outside any call."""
+    frame: FrameType | None = sys._getframe(1)
+    for _ in range(_MAX_FRAMES):
+        if frame is None:
+            return None
+        if frame.f_code in CALL_CODES:
+            name = getattr(frame.f_locals.get("self"), "name", None)
+            return name if isinstance(name, str) else None
+        frame = frame.f_back
+    return None
 
 
 # Filters run only for records that are emitted: a disabled level costs nothing.

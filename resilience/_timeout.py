@@ -36,6 +36,8 @@ class Timeout:
 
     # Every wait of this layer ends by the call's deadline (see _timeout.py).
     _deadline_aware = True
+    # It runs in the caller's task (see _telemetry_names.py: log records' pipeline).
+    _in_caller_task = True
 
     total: float | None = attrs.field(
         default=None, validator=v.number(minimum=0, exclusive_minimum=True, optional=True)

@@ -1,5 +1,9 @@
-"""Which pipeline wrote a log record (``record.resilience_pipeline``): the
-innermost call's, in its own task and in the tasks a layer starts.
+"""Which pipeline wrote a log record (``record.resilience_pipeline``), without a
+context variable set on every call.
+
+A call of built-in layers runs in the caller's task, so a record finds its
+pipeline on the stack; a pipeline with a layer that may run work in tasks of its
+own (a layer of your own) also names itself in the context, for those tasks.
 """
 
 from __future__ import annotations
