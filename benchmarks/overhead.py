@@ -610,6 +610,18 @@ async def main(rounds: int, calls: int, backend: str, parts: set[str]) -> None:
             f"full stack: {success_cost:+.2f} µs per call on the success path (target: <= 15); "
             f"the retry's own work on top: {retry_cost:+.2f} µs"
         )
+        alone, retries, resilient = STACK_VARIANTS[2], STACK_VARIANTS[3], STACK_VARIANTS[4]
+        ok, flaky = stack["success"], stack["503 once, then 200"]
+        if retries in ok:
+            print(
+                f"Retry() alone over httpx-retries on the success path: "
+                f"{ok[alone] - ok[retries]:+.2f} µs (target: <= 1)"
+            )
+        if resilient in flaky:
+            print(
+                f"Retry() alone over resilient-http on 503 then 200: "
+                f"{flaky[alone] - flaky[resilient]:+.2f} µs (target: <= 0)"
+            )
     if "sweep" in parts:
         rows = await sweep(max(rounds // 3, 3), calls * 5)
         print(f"\nthe full stack under concurrency ({backend}; transport yields once per call)")

@@ -28,7 +28,7 @@ from ._bodies import (
     aclose_quietly,
     buffer_response,
 )
-from ._classifier import Classifier
+from ._classifier import Classifier, HttpClassifier
 from ._clock import Clock, SystemClock, default_clock, scope_after
 from ._layer import Call, CallNext, Handler, Instrument, Layer, Outcome, PipelineEnv
 from ._loader import resolve_classifier
@@ -36,7 +36,7 @@ from ._order import check_layer_order
 from ._report import GaveUp
 from ._telemetry_names import CALL_CODES, CURRENT_PIPELINE, check_known_methods, check_name
 from ._timeout import _TimeoutHandler
-from ._verdict import Action, Verdict
+from ._verdict import ACCEPT, Action, Verdict
 from ._watchdog import arm
 
 if TYPE_CHECKING:
@@ -159,6 +159,9 @@ class Pipeline:
             self.env.name = checked_name
         self.name: str = self.env.name
         self._needs_body: bool = bool(getattr(self.classifier, "needs_body", True))
+        # The generic classifier with no status of its own accepts every answer
+        # below 400 (classify_status): _accepted need not ask it.
+        self._generic = type(self.classifier) is HttpClassifier and self.classifier._table is None
         # Whether a layer may run work in tasks of its own (see handle).
         self._in_tasks = not all(
             getattr(type(layer), "_in_caller_task", False) is True for layer in self.layers
@@ -350,8 +353,7 @@ class Pipeline:
                         if status >= 400 or self._needs_body:
                             outcome = await self._classify_read(request, call, response, status)
                         else:
-                            verdict = call.classify(request, response, None)
-                            outcome = Outcome(request, verdict, response=response)
+                            outcome = self._accepted(request, call, response)
                 except BaseException as exc:
                     # Only the watchdog's own cancellation, and no other, is a timeout.
                     if not (watch.fired and watch.cut(exc)):
@@ -420,6 +422,17 @@ class Pipeline:
         status = response.status_code
         if status >= 400 or self._needs_body:
             return await self._classify_read(request, call, response, status)
+        return self._accepted(request, call, response)
+
+    def _accepted(self, request: httpx.Request, call: Call, response: httpx.Response) -> Outcome:
+        """An answer below 400 whose body the classifier does not read, classified.
+
+        The generic classifier as it comes (no status of its own) accepts every one:
+        its verdict is known here without asking it (three calls less per attempt).
+        """
+        if self._generic:
+            call.report.verdicts.append(ACCEPT)
+            return Outcome(request, ACCEPT, response=response)
         return Outcome(request, call.classify(request, response, None), response=response)
 
     @staticmethod
