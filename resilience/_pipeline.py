@@ -353,7 +353,7 @@ class Pipeline:
                         if status >= 400 or self._needs_body:
                             outcome = await self._classify_read(request, call, response, status)
                         else:
-                            outcome = self._accepted(request, call, response)
+                            outcome = self._classify_unread(request, call, response)
                 except BaseException as exc:
                     # Only the watchdog's own cancellation, and no other, is a timeout.
                     if not (watch.fired and watch.cut(exc)):
@@ -422,9 +422,11 @@ class Pipeline:
         status = response.status_code
         if status >= 400 or self._needs_body:
             return await self._classify_read(request, call, response, status)
-        return self._accepted(request, call, response)
+        return self._classify_unread(request, call, response)
 
-    def _accepted(self, request: httpx.Request, call: Call, response: httpx.Response) -> Outcome:
+    def _classify_unread(
+        self, request: httpx.Request, call: Call, response: httpx.Response
+    ) -> Outcome:
         """An answer below 400 whose body the classifier does not read, classified.
 
         The generic classifier as it comes (no status of its own) accepts every one:

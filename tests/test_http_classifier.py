@@ -166,3 +166,22 @@ async def test_an_accepted_error_status_is_returned() -> None:
         r = await client.get("https://api.example.test/")
     assert r.status_code == 404
     assert report_of(r).attempts == 1
+
+
+@pytest.mark.anyio
+async def test_a_success_status_the_classifier_fails_fails_end_to_end() -> None:
+    """fail_statuses={204}: the engine asks the classifier about a 204 (it accepts
+    answers below 400 on its own only for the generic classifier as it comes), and
+    the call fails; the generic classifier's 200 is accepted, its verdict recorded."""
+    inner = ScriptedTransport.of(reply(204))
+    transport = through(inner, Retry(), classifier=HttpClassifier(fail_statuses={204}))
+    async with httpx.AsyncClient(transport=transport) as client:
+        with pytest.raises(PermanentError) as caught:
+            await client.get("https://api.example.test/")
+    assert caught.value.report is not None
+    assert [v.action for v in caught.value.report.verdicts] == [Action.FAIL]
+
+    transport = through(ScriptedTransport.of(reply(200)), Retry(), classifier=DEFAULT)
+    async with httpx.AsyncClient(transport=transport) as client:
+        r = await client.get("https://api.example.test/")
+    assert [v.action for v in report_of(r).verdicts] == [Action.ACCEPT]
