@@ -51,7 +51,7 @@ from ._classifier import (
     retry_after_of,
 )
 from ._events import TokenRefreshed
-from ._http import DEFAULT_PORTS, body_replayable
+from ._http import DEFAULT_PORTS, HEADERS_AS_TRIPLES, body_replayable
 from ._layer import Call, CallNext, Outcome, PipelineEnv
 from ._report import GaveUp
 from ._secret import Secret, mentions, needles_of, scrub_problem, scrub_with
@@ -109,7 +109,7 @@ def _with_header(
     """
     items = getattr(headers, "_list", None)
     encoding: Any = getattr(headers, "_encoding", _UNSET)
-    if not _HEADERS_AS_KNOWN or type(items) is not list:  # pragma: no cover - another httpx
+    if not HEADERS_AS_TRIPLES or type(items) is not list:  # pragma: no cover - another httpx
         copy = headers.copy()
         copy[name] = value
         return copy
@@ -123,9 +123,6 @@ def _with_header(
 
 
 _UNSET = object()
-#: Whether httpx.Headers holds exactly its byte triples and encoding, as
-#: ``_with_header`` builds one (checked once: a future httpx may differ).
-_HEADERS_AS_KNOWN = set(vars(httpx.Headers())) == {"_list", "_encoding"}
 _ACCEPT = Action.ACCEPT
 
 

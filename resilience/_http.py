@@ -25,6 +25,23 @@ __all__ = [
     "is_idempotent",
 ]
 
+
+def _headers_as_triples() -> bool:
+    try:
+        headers = httpx.Headers({"Retry-After": "1"})
+        return set(vars(headers)) == {"_list", "_encoding"} and list(headers._list) == [
+            (b"Retry-After", b"retry-after", b"1")
+        ]
+    except Exception:  # pragma: no cover - another httpx layout
+        return False
+
+
+HEADERS_AS_TRIPLES = _headers_as_triples()
+"""Whether ``httpx.Headers`` keeps exactly its ``_encoding`` and, in ``_list``, each
+header as a (raw name, lower-cased name, value) byte triple: what the token header's
+copy and the ``Retry-After`` lookup read and build directly (checked once: a future
+httpx may keep them differently, and both then go through the public API)."""
+
 MAX_HINT_SECONDS = 86_400.0
 """The longest wait any server hint may ask for (a day); larger hints are clamped,
 not ignored: a huge delay is still a request to back off."""

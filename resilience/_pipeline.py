@@ -28,7 +28,7 @@ from ._bodies import (
     aclose_quietly,
     buffer_response,
 )
-from ._classifier import Classifier, HttpClassifier
+from ._classifier import Classifier
 from ._clock import Clock, SystemClock, default_clock, scope_after
 from ._layer import Call, CallNext, Handler, Instrument, Layer, Outcome, PipelineEnv
 from ._loader import resolve_classifier
@@ -159,9 +159,9 @@ class Pipeline:
             self.env.name = checked_name
         self.name: str = self.env.name
         self._needs_body: bool = bool(getattr(self.classifier, "needs_body", True))
-        # The generic classifier with no status of its own accepts every answer
-        # below 400 (classify_status): _accepted need not ask it.
-        self._generic = type(self.classifier) is HttpClassifier and self.classifier._table is None
+        # The generic classifier as it comes accepts every answer below 400 (see
+        # _classify_unread): it says so itself.
+        self._generic = getattr(self.classifier, "_accepts_below_400", False) is True
         # Whether a layer may run work in tasks of its own (see handle).
         self._in_tasks = not all(
             getattr(type(layer), "_in_caller_task", False) is True for layer in self.layers
